@@ -1,0 +1,72 @@
+"""Sinks for tests: real implementations of the contract that record, fail or stall on purpose.
+
+Called from the worker's pool threads (async mode) or the caller's thread (sync mode).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Mapping, Sequence
+
+from tracking.sinks.base import RunContext
+
+__all__ = ["RecordingSink", "FailingSink", "GateSink"]
+
+
+class RecordingSink:
+    """Keeps every call it receives, in order."""
+
+    name = "recording"
+
+    def __init__(self, name: str = "recording") -> None:
+        self.name = name
+        self.events: list[tuple] = []
+        self.calls: list[str] = []
+        self.statuses: list[str] = []
+        self.runs: list[RunContext] = []
+        self.threads: set[str] = set()
+
+    def open(self, run: RunContext) -> Mapping[str, Any] | None:
+        self.calls.append("open")
+        self.runs.append(run)
+        return {f"{self.name}_opened": True}
+
+    def write(self, events: Sequence[tuple]) -> None:
+        self.calls.append("write")
+        self.threads.add(threading.current_thread().name)
+        self.events.extend(events)
+
+    def flush(self) -> None:
+        self.calls.append("flush")
+
+    def close(self, status: str) -> None:
+        self.calls.append("close")
+        self.statuses.append(status)
+
+
+class FailingSink(RecordingSink):
+    """Raises from write() while `failing` is set; records what it accepted once it stops failing."""
+
+    def __init__(self, name: str = "failing") -> None:
+        super().__init__(name)
+        self.failing = True
+        self.attempts = 0
+
+    def write(self, events: Sequence[tuple]) -> None:
+        self.attempts += 1
+        if self.failing:
+            raise OSError("simulated sink failure")
+        super().write(events)
+
+
+class GateSink(RecordingSink):
+    """Blocks in write() until `gate` is set: a stalled sink (a hung server, a full disk)."""
+
+    def __init__(self, name: str = "gate") -> None:
+        super().__init__(name)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def write(self, events: Sequence[tuple]) -> None:
+        self.entered.set()
+        self.gate.wait(60)
+        super().write(events)

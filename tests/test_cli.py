@@ -1,0 +1,63 @@
+"""`python -m tracking`: replay, runs, show — run as a user would, in a subprocess."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tracking.rundir import read_meta
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tracking", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def _run(make_tracker, **kw):
+    tracker = make_tracker(["json"], **kw)
+    run_id = tracker.start_run("cli", config={"lr": 0.1})
+    for step in range(30):
+        tracker.log_metrics({"loss": 1.0 / (step + 1), "val_rmse": 0.5 - step / 100}, step=step)
+    tracker.set_tag("k", "v")
+    tracker.end_run()
+    return tracker.base_dir, tracker.base_dir / run_id
+
+
+def test_replay_rebuilds_a_sink_that_missed_everything_and_is_idempotent(make_tracker):
+    base, run_dir = _run(make_tracker)
+    out = _cli("replay", str(run_dir), "--to", "tensorboard")
+    assert out.returncode == 0, out.stderr
+    assert "replayed 31 events to tensorboard" in out.stdout
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [s.step for s in acc.Scalars("loss")] == list(range(30))
+    again = _cli("replay", str(run_dir), "--to", "tensorboard")
+    assert "replayed 0 events" in again.stdout
+    assert read_meta(run_dir)["sinks"]["tensorboard"]["delivered_seq"] == 31  # 30 metrics events and a tag
+
+
+def test_runs_lists_runs_with_chosen_metrics(make_tracker):
+    base, run_dir = _run(make_tracker)
+    out = _cli("runs", str(base), "--metrics", "val_rmse")
+    assert out.returncode == 0, out.stderr
+    header, row = out.stdout.strip().splitlines()
+    assert header.split()[:5] == ["run_id", "name", "status", "start", "duration_s"] and "val_rmse" in header
+    assert run_dir.name in row and "FINISHED" in row and "0.21" in row
+    rows = json.loads(_cli("runs", str(base), "--json").stdout)
+    assert rows[0]["run_id"] == run_dir.name and rows[0]["metrics"]["loss"] == 1 / 30
+
+
+def test_show_prints_config_tags_metrics_and_delivery(make_tracker):
+    base, run_dir = _run(make_tracker)
+    info = json.loads(_cli("show", str(run_dir), "--json").stdout)
+    assert info["config"] == {"lr": 0.1} and info["tags"] == {"k": "v"}
+    assert info["sinks"]["json"]["undelivered"] == 0 and info["status"] == "FINISHED"
+    text = _cli("show", run_dir.name, "--base-dir", str(base)).stdout
+    assert "lr: 0.1" in text and "json: delivered 31" in text
+    missing = _cli("show", "nope", "--base-dir", str(base))
+    assert missing.returncode == 2 and "no run at" in missing.stderr

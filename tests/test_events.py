@@ -1,0 +1,127 @@
+"""Bad input gets a clear error at the call site, with a type and a message that say what to fix."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tracking import (
+    ArtifactNotFoundError,
+    InvalidKeyError,
+    InvalidMetricError,
+    InvalidNameError,
+    InvalidStepError,
+    Tracker,
+    UnknownSinkError,
+)
+
+
+@pytest.fixture
+def tracker(make_tracker):
+    t = make_tracker(["json"])
+    t.start_run()
+    return t
+
+
+@pytest.mark.parametrize(
+    "value, fragment",
+    [
+        ("abc", "got str 'abc' for key 'loss'"),
+        (None, "got NoneType None"),
+        ({"a": 1}, "got dict"),
+        ([1.0], "got list"),
+        (1 + 2j, "got complex"),
+        (True, "got bool True"),
+        (np.bool_(True), "log booleans as 0/1"),
+        (torch.ones(3), "shape (3,)"),
+        (torch.tensor(True), "torch.bool"),
+        (np.ones(2), "got ndarray"),
+    ],
+)
+def test_non_numeric_metric_values_are_refused(tracker, value, fragment):
+    with pytest.raises(InvalidMetricError, match="real number|0-d tensor") as info:
+        tracker.log_metric("loss", value)
+    assert fragment in str(info.value)
+    with pytest.raises(InvalidMetricError):
+        tracker.log_metrics({"loss": value})
+
+
+@pytest.mark.parametrize("key", ["", None, 3, ("a",)])
+def test_bad_keys_are_refused(tracker, key):
+    with pytest.raises(InvalidKeyError, match="non-empty str"):
+        tracker.log_metric(key, 1.0)
+    with pytest.raises(InvalidKeyError, match="non-empty str"):
+        tracker.log_metrics({key: 1.0})
+    with pytest.raises(InvalidKeyError, match="non-empty str"):
+        tracker.set_tag(key, "v")
+
+
+@pytest.mark.parametrize("step", [-1, 1.5, "3", True])
+def test_bad_steps_are_refused(tracker, step):
+    with pytest.raises(InvalidStepError, match="non-negative int"):
+        tracker.log_metric("loss", 1.0, step=step)
+    with pytest.raises(InvalidStepError, match="non-negative int"):
+        tracker.log_metrics({"loss": 1.0}, step=step)
+
+
+def test_integer_like_steps_are_accepted(tracker):
+    tracker.log_metric("loss", 1.0, step=np.int64(3))
+    tracker.log_metric("loss", 1.0, step=torch.tensor(4))
+
+
+def test_metrics_must_be_a_mapping(tracker):
+    with pytest.raises(TypeError, match="dict of name -> number"):
+        tracker.log_metrics([("a", 1.0)])
+
+
+def test_missing_artifact_is_refused(tracker, tmp_path):
+    with pytest.raises(ArtifactNotFoundError, match="not an existing file"):
+        tracker.log_artifact(tmp_path / "nope.pt")
+    with pytest.raises(ArtifactNotFoundError):
+        tracker.log_artifact(tmp_path)  # a directory is not a file
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/../../b", "a\x00b", "", "./x"])
+def test_artifact_names_cannot_leave_the_run_directory(tracker, tmp_path, name):
+    src = tmp_path / "f.txt"
+    src.write_text("x")
+    with pytest.raises(InvalidNameError):
+        tracker.log_artifact(src, name)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("name", ["../x", "/abs", "a/b", "a\\b", "nul\x00", ".."])
+def test_run_names_cannot_place_a_run_outside_the_base_dir(make_tracker, name):
+    with pytest.raises(InvalidNameError):
+        make_tracker().start_run(name)
+
+
+def test_unknown_sink_names_the_valid_ones(tmp_path):
+    with pytest.raises(UnknownSinkError, match="available: .*json.*mlflow.*tensorboard"):
+        Tracker(["nope"], base_dir=tmp_path)
+
+
+def test_bad_mode_policy_and_status(make_tracker, tmp_path):
+    with pytest.raises(ValueError, match="mode must be one of"):
+        Tracker(["json"], mode="fast", base_dir=tmp_path)
+    t = make_tracker(full_queue_policy="lossy")
+    with pytest.raises(ValueError, match="full_queue_policy must be one of"):
+        t.start_run()
+    t2 = make_tracker()
+    t2.start_run()
+    with pytest.raises(ValueError, match="status must be one of"):
+        t2.end_run("DONE")
+
+
+def test_log_figure_refuses_what_is_not_a_figure(tracker):
+    with pytest.raises(TypeError, match="matplotlib Figure"):
+        tracker.log_figure(object(), "x")
+    with pytest.raises(ValueError, match="not a PNG"):
+        tracker.log_figure(b"GIF89a", "x")
+
+
+def test_a_bad_value_in_log_metrics_logs_nothing(tracker):
+    with pytest.raises(InvalidMetricError):
+        tracker.log_metrics({"good": 1.0, "bad": "x"}, step=0)
+    tracker.flush()
+    assert tracker.stats().enqueued == 0

@@ -1,0 +1,387 @@
+"""The Tracker's API as BatteryML's docs use it, in both modes, against the real file system."""
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import re
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from tracking import NoActiveRunError, RunAlreadyActiveError, RunEndedError, Tracker
+from tracking.journal import read_journal
+from tracking.rundir import read_meta
+
+from helpers.sinks import FailingSink, GateSink, RecordingSink
+
+MODES = ["async", "sync"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_documented_usage_with_json_tracker(make_tracker, mode):
+    tracker = make_tracker(["json"], mode=mode)
+    config = {"model": "mlp", "learning_rate": 1e-3, "batch_size": 32}
+    run_id = tracker.start_run(run_name="experiment_001", config=config)
+    for epoch in range(3):
+        tracker.log_metric("train_loss", 0.5 / (epoch + 1), step=epoch)
+        tracker.log_metrics({"train_rmse": 0.05 * epoch, "val_rmse": 0.04, "val_mae": 0.025}, step=epoch)
+    ckpt = tracker.base_dir.parent / "best.pt"
+    torch.save({"w": torch.ones(2)}, ckpt)
+    tracker.log_artifact(str(ckpt), "model.pt")
+    tracker.set_tag("status", "baseline")
+    tracker.end_run()
+
+    run_dir = tracker.base_dir / run_id
+    with open(run_dir / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics == {"train_loss": 0.5 / 3, "train_rmse": 0.1, "val_rmse": 0.04, "val_mae": 0.025}
+    assert json.loads((run_dir / "config.json").read_text()) == config
+    assert torch.load(run_dir / "artifacts" / "model.pt")["w"].tolist() == [1.0, 1.0]
+    meta = read_meta(run_dir)
+    assert meta["status"] == "FINISHED" and meta["tags"] == {"status": "baseline"}
+    assert meta["run_name"] == "experiment_001" and meta["end_time"] >= meta["start_time"]
+    rows = list(csv.DictReader(open(run_dir / "step_metrics.csv")))
+    assert [r["step"] for r in rows] == ["0", "1", "2"]
+    assert float(rows[2]["train_loss"]) == 0.5 / 3
+
+
+def test_run_id_names_the_directory_and_never_collides(make_tracker):
+    tracker = make_tracker()
+    ids = []
+    for _ in range(5):
+        ids.append(tracker.start_run("same"))
+        tracker.end_run()
+    assert len(set(ids)) == 5
+    for run_id in ids:
+        assert re.fullmatch(r"same_\d{8}_\d{6}_[0-9a-f]{6}", run_id)
+        assert (tracker.base_dir / run_id / "meta.json").is_file()
+    assert tracker.get_run_dir() == tracker.base_dir / ids[-1]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_in_place_tensor_change_after_the_call_does_not_change_the_logged_value(make_tracker, mode):
+    sink = RecordingSink()
+    tracker = make_tracker([sink], mode=mode)
+    tracker.start_run()
+    running = torch.tensor(1.0)
+    for step in range(3):
+        tracker.log_metric("running_loss", running, step=step)
+        tracker.log_metrics({"also": running}, step=step)
+        running += 1.0  # `running_loss += loss` right after the call
+    tracker.end_run()
+    logged = [(ev[1], ev[2]) for ev in sink.events if ev[0] == "metrics"]
+    assert logged == [
+        ({"running_loss": 1.0}, 0), ({"also": 1.0}, 0),
+        ({"running_loss": 2.0}, 1), ({"also": 2.0}, 1),
+        ({"running_loss": 3.0}, 2), ({"also": 3.0}, 2),
+    ]
+
+
+def test_numpy_scalars_ints_and_non_finite_values_are_kept(make_tracker):
+    tracker = make_tracker(["json"])
+    run_id = tracker.start_run()
+    tracker.log_metrics({"f32": np.float32(0.5), "i64": np.int64(3), "int": 7, "nan": float("nan"),
+                         "inf": float("inf"), "ninf": -np.inf, "arr0d": np.array(2.5)}, step=0)
+    tracker.end_run()
+    metrics = json.load(open(tracker.base_dir / run_id / "metrics.json"))
+    assert metrics["f32"] == 0.5 and metrics["i64"] == 3.0 and metrics["int"] == 7.0 and metrics["arr0d"] == 2.5
+    assert np.isnan(metrics["nan"]) and metrics["inf"] == float("inf") and metrics["ninf"] == float("-inf")
+    (_, event), = read_journal(tracker.base_dir / run_id).events
+    assert np.isnan(event[1]["nan"]) and event[1]["inf"] == float("inf")
+
+
+def test_missing_steps_count_up_per_key(make_tracker):
+    sink = RecordingSink()
+    tracker = make_tracker([sink])
+    tracker.start_run()
+    for _ in range(3):
+        tracker.log_metric("a", 1.0)
+    tracker.log_metrics({"a": 1.0, "b": 2.0})
+    tracker.log_metric("b", 3.0, step=10)
+    tracker.log_metric("b", 4.0)
+    tracker.end_run()
+    steps = [(tuple(ev[1]), ev[2]) for ev in sink.events]
+    assert steps == [(("a",), 0), (("a",), 1), (("a",), 2), (("a", "b"), 3), (("b",), 10), (("b",), 11)]
+
+
+def test_context_manager_marks_failed_and_reraises(make_tracker):
+    tracker = make_tracker()
+    with pytest.raises(ZeroDivisionError):
+        with tracker.run("boom") as run_id:
+            tracker.log_metric("x", 1.0)
+            1 / 0
+    assert read_meta(tracker.base_dir / run_id)["status"] == "FAILED"
+    with tracker:
+        ok_id = tracker.start_run("ok")
+    assert read_meta(tracker.base_dir / ok_id)["status"] == "FINISHED"
+
+
+def test_lifecycle_errors_are_raised_at_the_call(make_tracker):
+    tracker = make_tracker()
+    with pytest.raises(NoActiveRunError, match="start_run"):
+        tracker.log_metric("x", 1.0)
+    tracker.start_run("a")
+    with pytest.raises(RunAlreadyActiveError, match="end_run"):
+        tracker.start_run("b")
+    tracker.end_run()
+    with pytest.raises(RunEndedError, match="has ended"):
+        tracker.log_metrics({"x": 1.0})
+    with pytest.raises(RunEndedError):
+        tracker.set_tag("k", "v")
+    assert tracker.end_run() is tracker.last_report  # idempotent
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_artifact_keeps_content_at_call_time(make_tracker, tmp_path, mode):
+    tracker = make_tracker(["json"], mode=mode)
+    run_id = tracker.start_run()
+    ckpt = tmp_path / "checkpoint.pt"
+    for epoch in range(3):
+        torch.save({"epoch": epoch}, ckpt)  # rewritten in place every step, as a training loop does
+        tracker.log_artifact(ckpt, f"epoch_{epoch}.pt")
+    torch.save({"epoch": 99}, ckpt)
+    tracker.end_run()
+    for epoch in range(3):
+        assert torch.load(tracker.base_dir / run_id / "artifacts" / f"epoch_{epoch}.pt")["epoch"] == epoch
+
+
+def test_artifact_names_in_subfolders(make_tracker, tmp_path):
+    tracker = make_tracker()
+    run_id = tracker.start_run()
+    src = tmp_path / "plot.png"
+    src.write_bytes(b"png")
+    tracker.log_artifact(src, "plots/attention.png")
+    tracker.end_run()
+    assert (tracker.base_dir / run_id / "artifacts" / "plots" / "attention.png").read_bytes() == b"png"
+
+
+def test_log_params_updates_config_json(make_tracker):
+    tracker = make_tracker()
+    config = {"model": {"name": "mlp", "hidden_dims": [64, 32]}}
+    run_id = tracker.start_run(config=config)
+    config["model"]["name"] = "changed after start_run"  # what was logged must not change
+    tracker.log_params({"seed": 3})
+    tracker.end_run()
+    assert json.load(open(tracker.base_dir / run_id / "config.json")) == {
+        "model": {"name": "mlp", "hidden_dims": [64, 32]}, "seed": 3}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_figures_are_saved_as_png(make_tracker, mode):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tracker = make_tracker(mode=mode)
+    run_id = tracker.start_run()
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3])
+    tracker.log_figure(fig, "curve")
+    plt.close(fig)
+    tracker.end_run()
+    assert (tracker.base_dir / run_id / "figures" / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _normalised_files(run_dir):
+    out = {}
+    for name in ("config.json", "metrics.json", "step_metrics.csv"):
+        out[name] = (run_dir / name).read_text()
+    journal = read_journal(run_dir)
+    # timestamps aside; artifact paths relative to their run directory
+    out["journal"] = [
+        (seq, tuple(str(x).replace(str(run_dir), "RUN") for x in ev[:-1])) for seq, ev in journal.events
+    ]
+    out["artifacts"] = sorted(p.name for p in (run_dir / "artifacts").iterdir())
+    meta = read_meta(run_dir)
+    out["meta"] = {k: meta[k] for k in ("status", "tags", "events", "experiment")}
+    return out
+
+
+def test_sync_and_async_runs_produce_the_same_files(make_tracker, tmp_path):
+    src = tmp_path / "model.pt"
+    src.write_bytes(b"weights")
+    dirs = []
+    for mode in MODES:
+        tracker = make_tracker(["json"], mode=mode)
+        run_id = tracker.start_run("same", config={"lr": 0.1, "dims": [1, 2]})
+        for step in range(50):
+            tracker.log_metrics({"loss": 1.0 / (step + 1), "acc": step / 50}, step=step)
+            tracker.log_metric("lr", 0.1 * 0.9**step)
+        tracker.log_params({"extra": True})
+        tracker.set_tag("k", "v")
+        tracker.log_artifact(src)
+        tracker.end_run()
+        dirs.append(tracker.base_dir / run_id)
+    assert _normalised_files(dirs[0]) == _normalised_files(dirs[1])
+
+
+def test_metrics_json_is_written_on_flush_not_per_call(make_tracker):
+    tracker = make_tracker(["json"])
+    run_id = tracker.start_run()
+    path = tracker.base_dir / run_id / "metrics.json"
+    tracker.log_metric("loss", 1.0)
+    assert tracker.flush(timeout_s=10)
+    assert json.load(open(path)) == {"loss": 1.0}
+    tracker.log_metric("loss", 2.0)
+    assert tracker.flush(timeout_s=10)
+    assert json.load(open(path)) == {"loss": 2.0}
+
+
+def test_threads_lose_nothing_and_keep_each_keys_order(make_tracker):
+    sink = RecordingSink()
+    tracker = make_tracker([sink], memory_budget_bytes=2**20)
+    tracker.start_run()
+    n_threads, n_events = 8, 5000
+
+    def work(t):
+        for i in range(n_events):
+            tracker.log_metric(f"thread{t}", float(i), step=i)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    report = tracker.end_run()
+    assert report.complete and report.events == n_threads * n_events
+    per_key: dict[str, list[float]] = {}
+    for ev in sink.events:
+        (key, value), = ev[1].items()
+        per_key.setdefault(key, []).append(value)
+    assert per_key == {f"thread{t}": [float(i) for i in range(n_events)] for t in range(n_threads)}
+
+
+def test_flush_waits_until_every_sink_has_the_events(make_tracker):
+    sinks = [RecordingSink("a"), RecordingSink("b")]
+    tracker = make_tracker(sinks)
+    tracker.start_run()
+    for i in range(1000):
+        tracker.log_metric("x", float(i), step=i)
+    assert tracker.flush(timeout_s=10)
+    assert all(len(s.events) == 1000 and s.calls[-1] == "flush" for s in sinks)
+    stats = tracker.stats()
+    assert stats.delivered == {"a": 1000, "b": 1000} and stats.queue_depth == 0 and stats.enqueued == 1000
+
+
+def test_slow_sink_does_not_delay_the_others_or_the_caller(make_tracker):
+    gate, fast = GateSink(), RecordingSink("fast")
+    tracker = make_tracker([gate, fast])
+    tracker.start_run()
+    tracker.log_metric("x", 1.0, step=0)
+    assert gate.entered.wait(10)  # the gate sink is now stuck inside write()
+    for i in range(1, 2000):
+        tracker.log_metric("x", float(i), step=i)
+    tracker.flush(timeout_s=0.5)  # the stuck sink makes this time out ...
+    assert len(fast.events) == 2000  # ... but the healthy sink has everything
+    assert tracker.stats().undelivered["gate"] > 0
+    gate.gate.set()
+    report = tracker.end_run(timeout_s=10)
+    assert report.complete and len(gate.events) == 2000
+
+
+def test_failing_sink_is_reported_retried_and_isolated(make_tracker):
+    bad, good = FailingSink(), RecordingSink("good")
+    from tracking import RetryPolicy
+
+    tracker = make_tracker([bad, good], retry=RetryPolicy(initial_s=0.01, max_s=0.05))
+    run_id = tracker.start_run()
+    for i in range(100):
+        tracker.log_metric("x", float(i), step=i)
+    assert tracker.flush(timeout_s=10)  # a failing sink doesn't hold flush() hostage
+    assert len(good.events) == 100
+    assert tracker.stats().sink_errors["failing"] >= 1
+    report = tracker.end_run(timeout_s=0.5)
+    assert not report.complete and report.sinks["failing"]["undelivered"] == 100
+    assert report.sinks["good"]["undelivered"] == 0
+    assert "replay" in report.replay_commands[0] and "--to failing" in report.replay_commands[0]
+    meta = read_meta(tracker.base_dir / run_id)
+    assert meta["sinks"]["failing"]["undelivered"] == 100
+    assert "simulated sink failure" in meta["sinks"]["failing"]["last_error"]
+
+
+def test_failing_sink_catches_up_when_it_recovers(make_tracker):
+    from tracking import RetryPolicy
+
+    bad = FailingSink()
+    tracker = make_tracker([bad], retry=RetryPolicy(initial_s=0.01, max_s=0.05), max_sink_backlog_events=100)
+    tracker.start_run()
+    for i in range(5000):
+        tracker.log_metric("x", float(i), step=i)
+    tracker.flush(timeout_s=0.2)
+    bad.failing = False
+    report = tracker.end_run(timeout_s=20)
+    assert report.complete
+    assert [ev[1]["x"] for ev in bad.events] == [float(i) for i in range(5000)]
+
+
+def test_drop_policy_counts_what_it_drops(make_tracker):
+    gate = GateSink()
+    tracker = make_tracker([gate], full_queue_policy="drop", memory_budget_bytes=64 * 1024,
+                           batch_interval_s=5.0)
+    tracker.start_run()
+    gate.gate.set()
+    for i in range(20000):
+        tracker.log_metric("x", float(i), step=i)
+    report = tracker.end_run()
+    assert report.dropped > 0
+    assert report.events + report.dropped == 20000
+    assert len(gate.events) == report.events
+
+
+def test_block_policy_loses_nothing_with_a_tiny_budget(make_tracker):
+    sink = RecordingSink()
+    tracker = make_tracker([sink], memory_budget_bytes=16 * 1024)
+    tracker.start_run()
+    for i in range(20000):
+        tracker.log_metric("x", float(i), step=i)
+    report = tracker.end_run()
+    assert report.complete and report.dropped == 0 and len(sink.events) == 20000
+
+
+def test_aflush_inside_asyncio(make_tracker):
+    sink = RecordingSink()
+    tracker = make_tracker([sink])
+    tracker.start_run()
+
+    async def main():
+        for i in range(10):
+            tracker.log_metric("x", float(i))
+        return await tracker.aflush(timeout_s=10)
+
+    assert asyncio.run(main()) is True
+    assert len(sink.events) == 10
+
+
+def test_sinks_see_open_writes_flush_close_in_order(make_tracker):
+    sink = RecordingSink()
+    tracker = make_tracker([sink])
+    run_id = tracker.start_run("order", config={"a": 1})
+    tracker.log_metric("x", 1.0)
+    tracker.flush()
+    tracker.end_run("KILLED")
+    assert sink.calls[0] == "open" and sink.calls[-1] == "close" and "flush" in sink.calls
+    assert sink.statuses == ["KILLED"] and sink.runs[0].run_id == run_id and sink.runs[0].config == {"a": 1}
+    assert read_meta(tracker.base_dir / run_id)["recording_opened"] is True
+
+
+def test_non_zero_rank_is_inert(tmp_path):
+    tracker = Tracker(["json"], base_dir=tmp_path, rank=1)
+    assert tracker.start_run("r") is None
+    tracker.log_metric("x", 1.0)
+    tracker.log_artifact(tmp_path / "missing-is-fine-when-inert")
+    tracker.end_run()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stats_report_queue_and_lag(make_tracker):
+    tracker = make_tracker()
+    tracker.start_run()
+    tracker.log_metrics({"a": 1.0, "b": 2.0})
+    tracker.flush()
+    stats = tracker.stats()
+    assert stats.enqueued == 1 and stats.dropped == 0 and stats.sink_errors == {"json": 0}
+    assert 0 <= stats.worker_lag_s < 5

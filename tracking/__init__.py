@@ -1,0 +1,35 @@
+"""batteryml-tracking: an experiment tracker whose log calls cost about a microsecond.
+
+Imported on the caller's thread. `Tracker` is the general form; `LocalTracker`, `MLflowTracker` and
+`DualTracker` are the presets named by BatteryML's tracking docs.
+"""
+from __future__ import annotations
+
+from .errors import *  # noqa: F401,F403 - the exceptions are part of the public API
+from .errors import __all__ as _errors_all
+from .lane import RetryPolicy
+from .sinks import PermanentSinkError, RunContext, Sink
+from .stats import RunReport, TrackerStats
+from .tracker import RunState, Tracker
+from .local import LocalTracker
+from .mlflow_tracker import MLflowTracker
+from .dual_tracker import DualTracker
+from .presets import TRACKERS, create_tracker
+
+__all__ = [
+    "Tracker",
+    "LocalTracker",
+    "MLflowTracker",
+    "DualTracker",
+    "TRACKERS",
+    "create_tracker",
+    "RunState",
+    "RetryPolicy",
+    "RunReport",
+    "TrackerStats",
+    "Sink",
+    "RunContext",
+    "PermanentSinkError",
+    *_errors_all,
+]
+__version__ = "0.1.0"

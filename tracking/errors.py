@@ -1,0 +1,64 @@
+"""The exceptions this package raises, in one place.
+
+Raised on the caller's thread, at the call that was wrong: the worker never raises into user code.
+Every message names the bad value and says what would be accepted instead.
+"""
+from __future__ import annotations
+
+__all__ = [
+    "TrackingError",
+    "InvalidMetricError",
+    "InvalidKeyError",
+    "InvalidStepError",
+    "InvalidNameError",
+    "NoActiveRunError",
+    "RunEndedError",
+    "RunAlreadyActiveError",
+    "ArtifactNotFoundError",
+    "UnknownSinkError",
+    "QueueClosedError",
+]
+
+
+class TrackingError(Exception):
+    """Base class of every error raised by the tracker."""
+
+
+class InvalidMetricError(TrackingError, TypeError):
+    """A metric value is not a real number (bool, str, None, containers and complex are refused)."""
+
+
+class InvalidKeyError(TrackingError, TypeError):
+    """A metric, param or tag key is not a non-empty string."""
+
+
+class InvalidStepError(TrackingError, ValueError):
+    """A step is not a non-negative integer."""
+
+
+class InvalidNameError(TrackingError, ValueError):
+    """A run or artifact name would leave its directory or is otherwise unusable as a file name."""
+
+
+class NoActiveRunError(TrackingError, RuntimeError):
+    """A log call was made before `start_run()`."""
+
+
+class RunEndedError(NoActiveRunError):
+    """A log call was made after `end_run()`."""
+
+
+class RunAlreadyActiveError(TrackingError, RuntimeError):
+    """`start_run()` was called while this tracker already has an active run."""
+
+
+class ArtifactNotFoundError(TrackingError, FileNotFoundError):
+    """`log_artifact()` was given a path that is not an existing file."""
+
+
+class UnknownSinkError(TrackingError, LookupError):
+    """A sink name matches no built-in sink and no `tracking.sinks` entry point."""
+
+
+class QueueClosedError(TrackingError, RuntimeError):
+    """The worker is gone (closed or dead), so an event could not be enqueued."""

@@ -1,0 +1,131 @@
+"""The event queue between log calls and the worker: a deque, a memory budget, a full-queue policy.
+
+`put` runs on the caller's thread (any number of them); `drain` runs on the worker thread only.
+
+The hot path is `deque.append` plus one length comparison. Both are atomic under the GIL, so the
+producers take no lock; several threads appending keep one global order, which is the order the
+worker hands to sinks. The memory budget is enforced as a maximum length: the worker measures what
+queued events actually weigh and sets `max_events = memory_budget_bytes / bytes_per_event`.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from typing import Callable
+
+from .errors import QueueClosedError
+
+__all__ = ["EventQueue", "BLOCK", "DROP", "POLICIES"]
+
+BLOCK = "block"
+DROP = "drop"
+POLICIES = (BLOCK, DROP)
+
+#: a first guess at what a queued event weighs (a 1-key METRICS tuple with its dict and float)
+_INITIAL_EVENT_BYTES = 400
+#: a blocked producer resumes once the queue is below this fraction of its maximum
+_RESUME_FRACTION = 0.9
+_BLOCK_POLL_S = 0.0005
+
+
+class EventQueue:
+    """A bounded FIFO of events with an explicit policy for when it is full.
+
+    `wake` is set when the queue holds `wake_at_events` (the worker then drains at once instead of
+    at its next interval) and whenever a producer hits the limit.
+    """
+
+    def __init__(
+        self,
+        memory_budget_bytes: int,
+        policy: str = BLOCK,
+        wake_at_events: int = 4096,
+        is_consumer_alive: Callable[[], bool] = lambda: True,
+    ) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"full_queue_policy must be one of {POLICIES}, got {policy!r}")
+        if memory_budget_bytes <= 0:
+            raise ValueError(f"memory_budget_bytes must be > 0, got {memory_budget_bytes!r}")
+        self.policy = policy
+        self.memory_budget_bytes = memory_budget_bytes
+        self.wake = threading.Event()
+        self.dropped = 0
+        self._items: deque = deque()
+        self._wake_at = wake_at_events
+        self._is_consumer_alive = is_consumer_alive
+        self.set_event_bytes(_INITIAL_EVENT_BYTES)
+
+    # -- caller's thread -------------------------------------------------------------------------
+
+    def put(self, event: object) -> None:
+        """Append `event`; the full-queue policy applies only past the soft limit (rare)."""
+        items = self._items
+        items.append(event)
+        if len(items) >= self._soft_limit:
+            self._on_pressure()
+
+    def put_control(self, marker: object) -> None:
+        """Append a control marker (flush, stop); never dropped, never blocks, wakes the worker."""
+        self._items.append(marker)
+        self.wake.set()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _on_pressure(self) -> None:
+        self.wake.set()
+        if len(self._items) < self.max_events:
+            return
+        if self.policy == DROP:
+            self._drop_newest()
+            return
+        self._wait_for_room()
+
+    def _drop_newest(self) -> None:
+        try:
+            self._items.pop()
+        except IndexError:  # the worker drained it all in the meantime
+            return
+        self.dropped += 1  # a race between producers can miscount by one; the policy is lossy anyway
+
+    def _wait_for_room(self) -> None:
+        resume_at = int(self.max_events * _RESUME_FRACTION)
+        while len(self._items) > resume_at:
+            if not self._is_consumer_alive():
+                raise QueueClosedError(
+                    "the tracking worker is not running, so the full queue cannot drain; "
+                    "the run was ended or the worker died (see the warnings above)"
+                )
+            self.wake.set()
+            time.sleep(_BLOCK_POLL_S)
+
+    # -- worker thread ---------------------------------------------------------------------------
+
+    def drain(self, limit: int) -> list:
+        """Pop up to `limit` items, oldest first."""
+        items = self._items
+        popleft = items.popleft
+        n = min(len(items), limit)
+        return [popleft() for _ in range(n)]
+
+    def set_event_bytes(self, bytes_per_event: int) -> None:
+        """Re-derive the length limit from what an event was measured to weigh."""
+        self.bytes_per_event = max(int(bytes_per_event), 64)
+        self.max_events = max(self.memory_budget_bytes // self.bytes_per_event, 16)
+        self._soft_limit = min(self._wake_at, self.max_events)
+
+    def discard_all(self) -> None:
+        """Forget every queued item (a forked child must not deliver its parent's events)."""
+        self._items = deque()
+
+
+def event_bytes(event: tuple) -> int:
+    """What one event weighs in memory: the tuple, its dict and the floats in it (approximate)."""
+    size = sys.getsizeof(event)
+    for item in event:
+        size += sys.getsizeof(item)
+        if type(item) is dict:
+            size += 32 * len(item)  # a float object per value; keys are usually shared/interned
+    return size

@@ -1,0 +1,58 @@
+"""Sinks: where events go. One module per sink; the contract is in `tracking.sinks.base`.
+
+`resolve_sink` runs on the caller's thread when a tracker is built.
+"""
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import Any
+
+from ..errors import UnknownSinkError
+from .base import PermanentSinkError, RunContext, Sink
+
+__all__ = ["Sink", "RunContext", "PermanentSinkError", "resolve_sink", "available_sinks", "ENTRY_POINT_GROUP"]
+
+ENTRY_POINT_GROUP = "tracking.sinks"
+
+# The built-ins, so a source checkout works before `pip install -e .` has registered entry points.
+_BUILTIN = {
+    "json": "tracking.sinks.json_sink:JsonSink",
+    "tensorboard": "tracking.sinks.tensorboard_sink:TensorBoardSink",
+    "mlflow": "tracking.sinks.mlflow_sink:MLflowSink",
+}
+
+
+def available_sinks() -> list[str]:
+    """Every sink name that `resolve_sink` accepts: built-ins and installed entry points."""
+    return sorted(set(_BUILTIN) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+
+
+def _load_class(name: str) -> Any:
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            return ep.load()
+    if name in _BUILTIN:
+        module, _, attr = _BUILTIN[name].partition(":")
+        return getattr(importlib.import_module(module), attr)
+    raise UnknownSinkError(
+        f"no sink named {name!r}; available: {', '.join(available_sinks())} "
+        f"(third-party sinks register under the entry-point group {ENTRY_POINT_GROUP!r})"
+    )
+
+
+def resolve_sink(spec: Any) -> Sink:
+    """A sink instance from a name, a sink class, or an instance."""
+    if isinstance(spec, str):
+        spec = _load_class(spec)
+    if isinstance(spec, type):
+        spec = spec()
+    missing = [m for m in ("open", "write", "flush", "close") if not callable(getattr(spec, m, None))]
+    if missing:
+        raise TypeError(
+            f"{type(spec).__name__} is not a sink: it lacks {', '.join(missing)} "
+            "(see tracking.sinks.base.Sink)"
+        )
+    if not getattr(spec, "name", None):
+        raise TypeError(f"{type(spec).__name__} is not a sink: it needs a non-empty `name` attribute")
+    return spec
