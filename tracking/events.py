@@ -10,10 +10,12 @@ NamedTuple costs to build, and building one is most of what a log call does. The
     (PARAMS,     params: dict[str, object], timestamp_s)
     (TAG,        key: str, value: str, timestamp_s)
     (ARTIFACT,   name: str, path: str, timestamp_s)      path: the snapshot inside the run directory
-    (FIGURE,     name: str, png: bytes, timestamp_s)
+    (FIGURE,     name: str, path: str, timestamp_s)      path: the PNG inside the run's figures/
     (EXPERIMENT, name: str, timestamp_s)                 an experiment to create (MLflow maps it)
 
 Before sinks see a METRICS event its step is resolved (never None) and every value is a float.
+A FIGURE event leaves the caller holding the PNG's bytes; the worker writes them to a file of its
+own (a figure logged twice under one name gets two files) and hands sinks the path.
 `METRICS_DEFERRED` is the caller-side form of a METRICS event holding CUDA snapshots; the worker
 reads them (`resolve_deferred`) and hands sinks a plain METRICS event.
 """
@@ -44,6 +46,7 @@ __all__ = [
     "copy_params",
     "resolve_deferred",
     "StepResolver",
+    "is_finite_all",
 ]
 
 METRICS = "metrics"

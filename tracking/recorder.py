@@ -37,6 +37,7 @@ class Recorder:
         self.journal_errors = 0
         self._has_paths = False  # set by _prepare when a batch holds artifact/figure paths
         self._steps = StepResolver()
+        self._figure_counts: dict[str, int] = {}
         self.journal: JournalWriter | None = JournalWriter(run_dir, header, fsync_interval_s)
 
     def note_facts(self, facts_by_sink: dict[str, Any]) -> None:
@@ -81,8 +82,12 @@ class Recorder:
         return event
 
     def _write_figure(self, event: tuple) -> tuple:
+        """Write the PNG to a file no later figure reuses: sinks may read it after the next one."""
         _, name, png, ts = event
-        path = self.run_dir / FIGURES_DIR / (name if name.endswith(".png") else f"{name}.png")
+        stem = name[:-4] if name.endswith(".png") else name
+        count = self._figure_counts.get(stem, 0)
+        self._figure_counts[stem] = count + 1
+        path = self.run_dir / FIGURES_DIR / (f"{stem}.png" if count == 0 else f"{stem}_{count}.png")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(png)
         return (FIGURE, name, str(path), ts)

@@ -1,0 +1,116 @@
+"""What a log call costs the caller: `log_metric` and `log_metrics` (10 keys), async vs sync vs the
+floor (a bare `deque.append` of a tuple), median and p99, measured in one run.
+
+Runs on the benchmark's main thread; the async tracker's worker runs beside it, as in training.
+The median comes from timing whole loops of calls (no timer in the loop); the p99 from timing each
+call with `perf_counter_ns` (the same timer overhead is in every row, the floor's included).
+"""
+from __future__ import annotations
+
+import collections
+import tempfile
+import time
+from typing import Any, Callable
+
+from tracking import Tracker
+
+from .harness import interleave, median, percentile, per_call_ns
+
+__all__ = ["run"]
+
+KEYS10 = {f"metric_{i}": 0.1 * i for i in range(10)}
+
+
+def _floor_loops() -> tuple[Callable[[int], None], Callable[[int], None], Callable[[], None]]:
+    dq: collections.deque = collections.deque()
+    append, now = dq.append, time.time
+
+    def one(n: int) -> None:
+        for i in range(n):
+            append(("loss", 0.5, i, now()))
+
+    def ten(n: int) -> None:
+        for i in range(n):
+            append((dict(KEYS10), i, now()))
+
+    return one, ten, dq.clear
+
+
+def _tracker_loops(tracker: Tracker) -> tuple[Callable[[int], None], Callable[[int], None]]:
+    log_metric, log_metrics = tracker.log_metric, tracker.log_metrics
+
+    def one(n: int) -> None:
+        for i in range(n):
+            log_metric("loss", 0.5, i)
+
+    def ten(n: int) -> None:
+        for i in range(n):
+            log_metrics(KEYS10, i)
+
+    return one, ten
+
+
+def _p99_ns(call: Callable[[int], None], n: int) -> float:
+    pc = time.perf_counter_ns
+    samples = []
+    for i in range(n):
+        t = pc()
+        call(i)
+        samples.append(pc() - t)
+    return percentile(samples, 0.99)
+
+
+def run(quick: bool = False, sinks: tuple[str, ...] = ("json", "tensorboard")) -> dict[str, Any]:
+    calls = 2_000 if quick else 20_000
+    repeats = 5 if quick else 15
+    base = tempfile.mkdtemp(prefix="bench-caller-")
+    trackers = {mode: Tracker(list(sinks), mode=mode, base_dir=base) for mode in ("async", "sync")}
+    for tracker in trackers.values():
+        tracker.start_run(f"caller_cost_{tracker.mode}")
+    floor_one, floor_ten, floor_clear = _floor_loops()
+    loops = {"floor": (floor_one, floor_ten)}
+    loops.update({mode: _tracker_loops(t) for mode, t in trackers.items()})
+
+    def case(loop: Callable[[int], None], n: int) -> Callable[[], float]:
+        def measure() -> float:
+            floor_clear()
+            return per_call_ns(loop, n)
+        return measure
+
+    cases = {}
+    for name, (one, ten) in loops.items():
+        # sync mode pays for every sink inside the call: fewer calls keep the run short
+        n = calls if name != "sync" else max(calls // 10, 200)
+        cases[f"{name}.log_metric"] = case(one, n)
+        cases[f"{name}.log_metrics10"] = case(ten, n)
+    samples = interleave(cases, repeats)
+    result: dict[str, Any] = {"sinks": list(sinks), "calls_per_sample": calls, "repeats": repeats, "rows": {}}
+    for name, values in samples.items():
+        result["rows"][name] = {"median_us": median(values) / 1000}
+    for name, (one, ten) in loops.items():
+        n = calls if name != "sync" else max(calls // 10, 200)
+        result["rows"][f"{name}.log_metric"]["p99_us"] = _p99_ns(lambda i: one(1), n) / 1000
+        result["rows"][f"{name}.log_metrics10"]["p99_us"] = _p99_ns(lambda i: ten(1), n) / 1000
+        floor_clear()
+    floor = result["rows"]["floor.log_metric"]["median_us"]
+    for row in result["rows"].values():
+        row["x_floor"] = row["median_us"] / floor
+    for tracker in trackers.values():
+        tracker.end_run(timeout_s=120)
+    rows = result["rows"]
+    result["targets"] = {
+        "async log_metric median <= 4x floor": rows["async.log_metric"]["x_floor"] <= 4,
+        "async log_metric p99 <= 20 us": rows["async.log_metric"]["p99_us"] <= 20,
+        "async log_metrics(10 keys) median <= 3 us": rows["async.log_metrics10"]["median_us"] <= 3,
+    }
+    return result
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = [f"caller cost per call (sinks: {', '.join(result['sinks'])}; medians of {result['repeats']} interleaved samples)",
+             f"  {'case':<26}{'median µs':>10}{'p99 µs':>10}{'× floor':>9}"]
+    for name, row in result["rows"].items():
+        lines.append(f"  {name:<26}{row['median_us']:>10.3f}{row['p99_us']:>10.2f}{row['x_floor']:>9.2f}")
+    for target, ok in result["targets"].items():
+        lines.append(f"  target {target}: {'met' if ok else 'MISSED'}")
+    return "\n".join(lines)
