@@ -29,3 +29,5 @@ def make_tracker(tmp_path):
 def _tracking_logs(caplog):
     caplog.set_level(logging.WARNING, logger="tracking")
     yield
+
+from mlflow_server import mlflow_server  # noqa: E402,F401 - the session's real MLflow server (tests/mlflow_server.py)
