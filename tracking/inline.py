@@ -32,8 +32,8 @@ class InlineDispatcher:
         # Guards the recorder and the sinks: one event at a time, in one order, for every thread.
         self._lock = threading.RLock()
         for sink, state in zip(self.sinks, self.states):
-            facts = self._call(sink, state, sink.open, run)
-            if state.last_error is None:
+            ok, facts = self._call(sink, state, sink.open, run)
+            if ok:
                 state.opened = True
                 state.facts.update(facts or {})
 
@@ -43,24 +43,24 @@ class InlineDispatcher:
             for sink, state in zip(self.sinks, self.states):
                 if not state.opened:
                     continue
-                failed_before = state.errors
                 try:
-                    self._call(sink, state, sink.write, prepared, reraise_permanent=True)
+                    ok, _ = self._call(sink, state, sink.write, prepared, reraise_permanent=True)
                 except PermanentSinkError as exc:
                     state.rejected += 1
                     state.last_error = f"rejected: {exc}"
-                    state.delivered_seq = first_seq
-                    continue
-                if state.errors == failed_before:
+                    ok = False
+                    if state.delivered_seq == first_seq - 1:
+                        state.delivered_seq = first_seq  # refused for good: nothing to replay
+                if ok:
                     state.delivered += 1
+                    # delivered_seq stops at the first event a sink missed: replay resumes there
                     if state.delivered_seq == first_seq - 1:
                         state.delivered_seq = first_seq
 
     def flush(self) -> bool:
         with self._lock:
             for sink, state in zip(self.sinks, self.states):
-                if state.opened:
-                    self._call(sink, state, sink.flush)
+                if state.opened and self._call(sink, state, sink.flush)[0]:
                     state.flushed_seq = self.recorder.last_seq
             return all(not s.failing for s in self.states)
 
@@ -68,17 +68,17 @@ class InlineDispatcher:
         with self._lock:
             for sink, state in zip(self.sinks, self.states):
                 if state.opened:
-                    self._call(sink, state, sink.close, status)
-                    state.closed = state.last_error is None or not state.failing
+                    state.closed = self._call(sink, state, sink.close, status)[0]
             return self.recorder.finish(status, self.states, dropped, timed_out=False)
 
-    def _call(self, sink: Sink, state: SinkState, fn, *args, reraise_permanent: bool = False):
+    def _call(self, sink: Sink, state: SinkState, fn, *args, reraise_permanent: bool = False) -> tuple[bool, object]:
+        """(True, result) or (False, None) after counting and reporting the sink's exception."""
         try:
             result = fn(*args)
         except PermanentSinkError:
             if reraise_permanent:
                 raise
-            return None
+            return False, None
         except Exception as exc:  # a sink may raise anything; the caller must not see it
             state.errors += 1
             state.last_error = f"{type(exc).__name__}: {exc}"
@@ -88,6 +88,6 @@ class InlineDispatcher:
                     sink.name, getattr(fn, "__name__", fn), state.last_error,
                 )
             state.failing = True
-            return None
+            return False, None
         state.failing = False
-        return result
+        return True, result

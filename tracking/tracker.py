@@ -399,29 +399,36 @@ class Tracker:
         return self._run_dir
 
     def stats(self) -> TrackerStats:
-        """A snapshot of the queue and of every sink's delivery."""
+        """A snapshot of the queue and of every sink's delivery (the last run's, once it ended)."""
         recorder, queue, worker, inline = self._recorder, self._queue, self._worker, self._inline
+        if worker is None and inline is None:
+            return self._stats_from_report(self.last_report)
+        states = [lane.state for lane in worker.lanes] if worker is not None else inline.states
         depth = len(queue) if queue is not None else 0
-        last_seq = recorder.last_seq if recorder is not None else 0
-        if worker is not None:
-            states = [lane.state for lane in worker.lanes]
-        elif inline is not None:
-            states = inline.states
-        else:
-            states = []
-        report = self.last_report if not states else None
+        last_seq = recorder.last_seq
         return TrackerStats(
             queue_depth=depth,
             enqueued=last_seq + depth,
-            dropped=queue.dropped if queue is not None else (report.dropped if report else 0),
-            delivered={s.name: s.delivered for s in states} if states else
-            {n: s["delivered"] for n, s in (report.sinks.items() if report else [])},
-            undelivered={s.name: max(last_seq - s.delivered_seq, 0) for s in states} if states else
-            {n: s["undelivered"] for n, s in (report.sinks.items() if report else [])},
-            sink_errors={s.name: s.errors for s in states} if states else
-            {n: s["errors"] for n, s in (report.sinks.items() if report else [])},
+            dropped=queue.dropped if queue is not None else 0,
+            delivered={s.name: s.delivered for s in states},
+            undelivered={s.name: max(last_seq - s.delivered_seq, 0) for s in states},
+            sink_errors={s.name: s.errors for s in states},
             worker_lag_s=worker.lag_s if worker is not None else 0.0,
-            journal_errors=recorder.journal_errors if recorder is not None else 0,
+            journal_errors=recorder.journal_errors,
+        )
+
+    @staticmethod
+    def _stats_from_report(report: RunReport | None) -> TrackerStats:
+        sinks = report.sinks if report is not None else {}
+        return TrackerStats(
+            queue_depth=0,
+            enqueued=report.events if report is not None else 0,
+            dropped=report.dropped if report is not None else 0,
+            delivered={n: s["delivered"] for n, s in sinks.items()},
+            undelivered={n: s["undelivered"] for n, s in sinks.items()},
+            sink_errors={n: s["errors"] for n, s in sinks.items()},
+            worker_lag_s=0.0,
+            journal_errors=0,
         )
 
     # -- internals ------------------------------------------------------------------------------------
