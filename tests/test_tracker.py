@@ -385,3 +385,36 @@ def test_stats_report_queue_and_lag(make_tracker):
     stats = tracker.stats()
     assert stats.enqueued == 1 and stats.dropped == 0 and stats.sink_errors == {"json": 0}
     assert 0 <= stats.worker_lag_s < 5
+
+
+def test_a_sink_that_gives_up_at_open_does_not_stop_the_others(make_tracker):
+    from tracking import PermanentSinkError
+
+    class Refuses(RecordingSink):
+        def open(self, run):
+            raise PermanentSinkError("no credentials")
+
+    good = RecordingSink("good")
+    tracker = make_tracker([Refuses("refuses"), good])
+    tracker.start_run()
+    for i in range(100):
+        tracker.log_metric("x", float(i), step=i)
+    assert tracker.flush(timeout_s=10)
+    report = tracker.end_run(timeout_s=10)
+    assert len(good.events) == 100 and report.sinks["good"]["undelivered"] == 0
+    assert report.sinks["refuses"]["undelivered"] == 100 and "no credentials" in report.sinks["refuses"]["last_error"]
+
+
+def test_flush_right_after_start_waits_for_the_sinks_to_open(make_tracker):
+    import time as _time
+
+    class SlowOpen(RecordingSink):
+        def open(self, run):
+            _time.sleep(0.3)
+            return super().open(run)
+
+    sink = SlowOpen()
+    tracker = make_tracker([sink])
+    tracker.start_run()
+    assert tracker.flush(timeout_s=10)
+    assert sink.calls[:2] == ["open", "flush"]

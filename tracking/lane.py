@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -28,6 +29,20 @@ _logger = logging.getLogger(__name__)
 
 #: events read back from the journal per write() when a lane catches up
 _CATCH_UP_CHUNK = 5000
+
+# One lock per sink instance, held for every call into it. A call abandoned at a run's end-of-run
+# deadline keeps running in its pool thread; the lock makes the next run's open() wait for it, so a
+# sink is never called from two threads at once, as the contract promises.
+_sink_locks: "weakref.WeakKeyDictionary[object, threading.Lock]" = weakref.WeakKeyDictionary()
+_sink_locks_guard = threading.Lock()
+
+
+def _lock_for(sink: object) -> threading.Lock:
+    with _sink_locks_guard:
+        lock = _sink_locks.get(sink)
+        if lock is None:
+            lock = _sink_locks[sink] = threading.Lock()
+        return lock
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,8 @@ class SinkLane:
         self._max_backlog = max_backlog_events
         self._notify = notify
         self._backlog = 0
+        self._dead = False  # open() refused for good, or the lane itself failed: deliver nothing
+        self._lock = _lock_for(sink)
         self._status = "FINISHED"
         self._send, self._recv = anyio.create_memory_object_stream(math.inf)
 
@@ -81,6 +98,8 @@ class SinkLane:
 
     def offer(self, first_seq: int, events: list[tuple]) -> None:
         """Queue a batch for the sink, or leave it to the journal if the sink is too far behind."""
+        if self._dead:
+            return  # reported once; the journal keeps the events for replay
         if self._backlog + len(events) > self._max_backlog and self._recorder.journal_ok:
             return  # the lane notices the gap and reads it back from the journal
         self._backlog += len(events)
@@ -98,21 +117,37 @@ class SinkLane:
 
     async def run(self) -> None:
         try:
-            await self._open()
-            async with self._recv:
-                async for item in self._recv:
-                    if type(item) is _Batch:
-                        self._backlog -= len(item.events)
-                        await self._catch_up(item.first_seq - 1)
-                        await self._deliver(item.first_seq, item.events)
-                    else:
-                        await self._flush(item.seq)
-            await self._catch_up(self._recorder.last_seq)
-            await self._call(self.sink.close, self._status)
-            self.state.closed = True
+            await self._serve()
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:  # one sink's lane must never take the others down with it
+            self._die(exc)
         finally:
             self.done.set()
             self._notify()
+
+    def _die(self, exc: BaseException) -> None:
+        self._dead = True
+        self.state.failing = True
+        self.state.last_error = f"{type(exc).__name__}: {exc}"
+        _logger.error(
+            "tracking: sink %r gave up (%s); its events stay in the journal: replay them with "
+            "`python -m tracking replay RUN_DIR --to %s`", self.sink.name, self.state.last_error, self.sink.name,
+        )
+
+    async def _serve(self) -> None:
+        await self._open()
+        async with self._recv:
+            async for item in self._recv:
+                if type(item) is _Batch:
+                    self._backlog -= len(item.events)
+                    await self._catch_up(item.first_seq - 1)
+                    await self._deliver(item.first_seq, item.events)
+                else:
+                    await self._flush(item.seq)
+        await self._catch_up(self._recorder.last_seq)
+        await self._call(self.sink.close, self._status)
+        self.state.closed = True
 
     async def _open(self) -> None:
         facts = await self._call(self.sink.open, self._run)
@@ -160,7 +195,7 @@ class SinkLane:
         delay = self._retry.initial_s
         while True:
             try:
-                result = await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+                result = await anyio.to_thread.run_sync(self._locked, fn, args, abandon_on_cancel=True)
             except PermanentSinkError:
                 raise
             except Exception as exc:  # a sink may raise anything; it must never kill the lane
@@ -173,6 +208,10 @@ class SinkLane:
                     _logger.warning("tracking: sink %r recovered; catching up", self.sink.name)
                     self._notify()
                 return result
+
+    def _locked(self, fn: Callable[..., Any], args: tuple) -> Any:
+        with self._lock:
+            return fn(*args)
 
     def _failed(self, fn: Callable[..., Any], exc: BaseException, delay: float) -> None:
         state = self.state

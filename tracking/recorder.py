@@ -41,8 +41,12 @@ class Recorder:
         self.journal: JournalWriter | None = JournalWriter(run_dir, header, fsync_interval_s)
 
     def note_facts(self, facts_by_sink: dict[str, Any]) -> None:
-        """Record what sinks said when they opened (e.g. the MLflow run id) in meta.json, now."""
-        for facts in facts_by_sink.values():
+        """Record what sinks said when they opened (e.g. the MLflow run id) in meta.json, now.
+
+        Under `sinks.<name>`, and at the top level too, where users look for `mlflow_run_id`.
+        """
+        for name, facts in facts_by_sink.items():
+            self.meta["sinks"].setdefault(name, {}).update(facts)
             self.meta.update(facts)
         try:
             write_meta(self.run_dir, self.meta)

@@ -23,7 +23,7 @@ class SinkState:
     errors: int = 0  #: failed calls (each retried)
     failing: bool = False  #: the last call failed and the sink is in back-off
     last_error: str | None = None
-    flushed_seq: int = 0  #: seq covered by the sink's last completed flush()
+    flushed_seq: int = -1  #: seq covered by the sink's last completed flush() (-1: none yet)
     opened: bool = False
     closed: bool = False
     facts: dict[str, Any] = field(default_factory=dict)  #: what open() returned, for meta.json

@@ -17,7 +17,9 @@ A sink is any object with these four methods (`Sink` below). For each run it see
    sink may be opened again for the tracker's next run.
 
 Errors: a sink may raise from any method. `PermanentSinkError` from ``write`` says "this batch can
-never be accepted" (the worker counts it and moves on); any other exception is transient: the worker
+never be accepted" (the worker counts it and moves on); from ``open``, ``flush`` or ``close`` it
+says "give up": the sink gets nothing more this run and its events wait in the journal for replay.
+Any other exception is transient: the worker
 retries the same call with exponential back-off, never calls the sink concurrently, and meanwhile
 keeps the sink's backlog in the journal, not in memory. A failing sink never blocks the others, and
 its undelivered events can be replayed with ``python -m tracking replay``.
