@@ -30,8 +30,8 @@ CONFIGS: dict[str, list[str]] = {
 def make_step(seed: int = 0) -> Callable[[], dict[str, torch.Tensor]]:
     """One training step of a 2-layer MLP on a batch of 64; returns 10 0-d tensors to log."""
     torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(32, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
-                                torch.nn.ReLU(), torch.nn.Linear(256, 1))
+    model = torch.nn.Sequential(torch.nn.Linear(32, 128), torch.nn.ReLU(), torch.nn.Linear(128, 128),
+                                torch.nn.ReLU(), torch.nn.Linear(128, 1))
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, y = torch.randn(64, 32), torch.randn(64, 1)
 
