@@ -34,6 +34,8 @@ def replay(run_dir: str | Path, sink_name: str, tracking_uri: str | None = None)
     state = meta.setdefault("sinks", {}).setdefault(sink_name, {})
     done = int(state.get("delivered_seq", 0))
     pending = [event for seq, event in journal.events if seq > done]
+    if sink_name == "mlflow" and tracking_uri is None and "***" not in str(meta.get("tracking_uri", "***")):
+        tracking_uri = meta["tracking_uri"]  # the store the run used (a redacted one must be given again)
     sink = _build_sink(sink_name, tracking_uri)
     header = journal.header
     run = RunContext(
