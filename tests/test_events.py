@@ -104,9 +104,10 @@ def test_unknown_sink_names_the_valid_ones(tmp_path):
 def test_bad_mode_policy_and_status(make_tracker, tmp_path):
     with pytest.raises(ValueError, match="mode must be one of"):
         Tracker(["json"], mode="fast", base_dir=tmp_path)
-    t = make_tracker(full_queue_policy="lossy")
     with pytest.raises(ValueError, match="full_queue_policy must be one of"):
-        t.start_run()
+        Tracker(["json"], full_queue_policy="lossy", base_dir=tmp_path)
+    with pytest.raises(ValueError, match="memory_budget_bytes must be > 0"):
+        Tracker(["json"], memory_budget_bytes=0, base_dir=tmp_path)
     t2 = make_tracker()
     t2.start_run()
     with pytest.raises(ValueError, match="status must be one of"):

@@ -53,7 +53,7 @@ from .events import (
 )
 from .inline import InlineDispatcher
 from .lane import RetryPolicy, SinkLane
-from .queue import BLOCK, EventQueue
+from .queue import BLOCK, POLICIES, EventQueue
 from .recorder import Recorder
 from .rundir import ARTIFACTS_DIR, base_meta, create_run_dir, new_run_id, write_meta
 from .sinks import RunContext, resolve_sink
@@ -122,6 +122,10 @@ class Tracker:
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if full_queue_policy not in POLICIES:
+            raise ValueError(f"full_queue_policy must be one of {POLICIES}, got {full_queue_policy!r}")
+        if memory_budget_bytes <= 0:
+            raise ValueError(f"memory_budget_bytes must be > 0, got {memory_budget_bytes!r}")
         self.sinks = [resolve_sink(spec) for spec in sinks]
         names = [s.name for s in self.sinks]
         if len(set(names)) != len(names):

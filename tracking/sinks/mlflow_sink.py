@@ -75,6 +75,9 @@ __all__ = ["MLflowSink", "MLflowSinkError", "MLflowSinkWarning"]
 
 _logger = logging.getLogger(__name__)
 
+#: how much lower the helper process's scheduling priority is than the training process's
+_HELPER_NICENESS = 10
+
 # MLflow's limits on one log_batch request (mlflow.utils.validation).
 MAX_METRICS_PER_REQUEST = 1000
 MAX_PARAMS_PER_REQUEST = 100
@@ -673,6 +676,13 @@ def _helper_main(fd: int) -> None:
     # Ctrl-C reaches the whole process group; the parent decides when the helper stops, so that
     # the run's last batches and its status still reach MLflow after a KeyboardInterrupt.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Below the training process in the scheduler's eyes: on a machine with few cores a busy store
+    # (sqlite ingestion can take a whole core) must not take the CPU from the training loop or from
+    # the thread that holds its GIL. It catches up whenever the trainer leaves a core idle.
+    try:
+        os.nice(_HELPER_NICENESS)
+    except OSError:
+        pass
     sock = socket.socket(fileno=fd)
     try:
         config = _recv_msg(sock)
