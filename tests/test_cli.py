@@ -61,3 +61,14 @@ def test_show_prints_config_tags_metrics_and_delivery(make_tracker):
     assert "lr: 0.1" in text and "json: delivered 31" in text
     missing = _cli("show", "nope", "--base-dir", str(base))
     assert missing.returncode == 2 and "no run at" in missing.stderr
+
+
+def test_replay_refuses_a_journal_entry_that_would_leave_the_run_directory(make_tracker, tmp_path):
+    base, run_dir = _run(make_tracker)
+    journal = run_dir / "journal.jsonl"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    evil = b'["batch",32,[["artifact","x","../../outside.txt",0.0]]]\n'
+    journal.write_bytes(b"".join(lines[:-1]) + evil + lines[-1])
+    out = _cli("replay", str(run_dir), "--to", "tensorboard")
+    assert out.returncode == 2 and "must not contain '..'" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "outside.txt").exists()

@@ -235,7 +235,7 @@ def test_threads_lose_nothing_and_keep_each_keys_order(make_tracker):
     sink = RecordingSink()
     tracker = make_tracker([sink], memory_budget_bytes=2**20)
     tracker.start_run()
-    n_threads, n_events = 8, 5000
+    n_threads, n_events = 8, 100_000
 
     def work(t):
         for i in range(n_events):

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import orjson
 
+from .errors import TrackingError
 from .journal import read_journal
 from .rundir import META_FILE, read_meta, write_meta
 from .sinks import RunContext, available_sinks, resolve_sink
@@ -143,7 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "replay":
         for name in args.to:
-            sent = replay(args.run_dir, name, args.tracking_uri)
+            try:
+                sent = replay(args.run_dir, name, args.tracking_uri)
+            except (TrackingError, OSError) as exc:
+                print(f"error: cannot replay {args.run_dir} to {name}: {exc}", file=sys.stderr)
+                return 2
             print(f"replayed {sent} events to {name}")
         return 0
     if args.command == "runs":

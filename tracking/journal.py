@@ -28,7 +28,7 @@ from typing import Any, Iterator, Sequence
 
 import orjson
 
-from .events import ARTIFACT, FIGURE, KINDS, METRICS, is_finite_all
+from .events import ARTIFACT, FIGURE, KINDS, METRICS, check_name, is_finite_all
 from .rundir import JOURNAL_FILE, _default
 
 __all__ = ["JournalWriter", "read_journal", "iter_journal", "JournalContents"]
@@ -135,7 +135,10 @@ def _decode(record: list, run_dir: Path) -> tuple:
                 values[key] = float(value)
         return (METRICS, values, record[2], record[3])
     if kind == ARTIFACT or kind == FIGURE:
-        return (kind, record[1], str(run_dir / record[2]), record[3])
+        # A journal is data from disk: an entry must not point a sink (or replay) outside the run.
+        relative = check_name(record[2], f"journal {kind} path")
+        check_name(record[1], f"journal {kind} name")
+        return (kind, record[1], str(run_dir / relative), record[3])
     # Sinks compare kinds with `is`: hand them the module's constants, not equal copies.
     return (_KIND_OBJECTS.get(kind, kind), *record[1:])
 
