@@ -55,6 +55,7 @@ from .inline import InlineDispatcher
 from .lane import RetryPolicy, SinkLane
 from .queue import BLOCK, POLICIES, EventQueue
 from .recorder import Recorder
+from .redact import DEFAULT_SECRET_KEY_PATTERNS
 from .rundir import ARTIFACTS_DIR, base_meta, create_run_dir, new_run_id, write_meta
 from .sinks import RunContext, resolve_sink
 from .snapshot import snapshot_file
@@ -100,6 +101,9 @@ class Tracker:
         retry: back-off between retries of a failing sink.
         rank: this process's rank; default: torch.distributed's, else $RANK, else 0. Only rank 0
             records unless `log_all_ranks` is set; other ranks are inert.
+        secret_key_patterns: config, param and tag keys containing any of these (case-insensitive)
+            have their values masked in what leaves the machine (MLflow, TensorBoard text);
+            `config.json` and the journal keep them.
     """
 
     def __init__(
@@ -119,6 +123,7 @@ class Tracker:
         retry: RetryPolicy | None = None,
         rank: int | None = None,
         log_all_ranks: bool = False,
+        secret_key_patterns: Iterable[str] = DEFAULT_SECRET_KEY_PATTERNS,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -143,6 +148,7 @@ class Tracker:
         self.journal_fsync_interval_s = journal_fsync_interval_s
         self.retry = retry or RetryPolicy()
         self.rank = _detect_rank() if rank is None else rank
+        self.secret_key_patterns = tuple(p.lower() for p in secret_key_patterns)
         self.run_id: str | None = None
         self.last_report: RunReport | None = None
         self._experiments: list[str] = []
@@ -184,7 +190,8 @@ class Tracker:
                   "config": config, "start_time": start}
         recorder = Recorder(run_dir, header, meta, self.journal_fsync_interval_s)
         run = RunContext(run_id=run_id, run_name=run_name, run_dir=run_dir, experiment=self.experiment_name,
-                         config=config, start_time=start, mode=self.mode, experiments=tuple(self._experiments))
+                         config=config, start_time=start, mode=self.mode, experiments=tuple(self._experiments),
+                         secret_key_patterns=self.secret_key_patterns)
         if self.mode == "sync":
             self._inline = InlineDispatcher(recorder, self.sinks, run)
             recorder.note_facts({s.name: s.facts for s in self._inline.states})

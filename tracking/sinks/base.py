@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
+from ..redact import DEFAULT_SECRET_KEY_PATTERNS
+
 __all__ = ["Sink", "RunContext", "PermanentSinkError"]
 
 
@@ -55,6 +57,9 @@ class RunContext:
     experiments: tuple[str, ...] = ()
     #: facts recorded by an earlier delivery of this run (replay): e.g. the MLflow run id to resume
     resume: Mapping[str, Any] = field(default_factory=dict)
+    #: config/param/tag keys whose values a sink must mask before they leave the machine
+    #: (`tracking.redact.redact_config`); local files keep them
+    secret_key_patterns: tuple[str, ...] = DEFAULT_SECRET_KEY_PATTERNS
 
 
 @runtime_checkable

@@ -69,6 +69,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from ..events import ARTIFACT, EXPERIMENT, FIGURE, METRICS, PARAMS, TAG
 from ..mlflow_uri import ResolvedUri, redact_text, resolve_tracking_uri
+from ..redact import DEFAULT_SECRET_KEY_PATTERNS, MASK, is_secret_key, redact_config
 from .base import PermanentSinkError, RunContext
 
 __all__ = ["MLflowSink", "MLflowSinkError", "MLflowSinkWarning"]
@@ -176,6 +177,8 @@ class _Encoder:
         self._metric_bytes = _METRIC_FIXED_BYTES + 2
         #: params MLflow holds for the current run: immutable there, so a new value is skipped
         self.params: dict[str, str] = {}
+        #: keys whose values are masked before they are sent (set from the run at open)
+        self.secret_patterns: tuple[str, ...] = DEFAULT_SECRET_KEY_PATTERNS
 
     def start_run(self, existing_params: Mapping[str, str]) -> None:
         self.params = dict(existing_params)
@@ -225,9 +228,9 @@ class _Encoder:
         return text[:limit]
 
     def param_pairs(self, params: Mapping[str, Any], into: dict[str, str]) -> None:
-        """Add `params` (flattened, as text) to `into`, skipping what MLflow already holds."""
+        """Add `params` (flattened, as text, secrets masked) to `into`, skipping what MLflow holds."""
         held = self.params
-        for raw_key, value in _flatten(params):
+        for raw_key, value in _flatten(redact_config(params, self.secret_patterns)):
             key = self.key(raw_key)
             text = self._truncate("param", key, value if type(value) is str else str(value), MAX_PARAM_VALUE_CHARS)
             old = held.get(key)
@@ -272,7 +275,8 @@ class _Encoder:
             elif kind == TAG:
                 key = self.key(event[1])
                 tags.pop(key, None)  # the last value wins, as it would one request at a time
-                tags[key] = self._truncate("tag", key, str(event[2]), MAX_TAG_VALUE_CHARS)
+                value = MASK if is_secret_key(event[1], self.secret_patterns) else str(event[2])
+                tags[key] = self._truncate("tag", key, value, MAX_TAG_VALUE_CHARS)
             elif kind == ARTIFACT:
                 files.append(("artifact", event[2], event[1]))
             elif kind == FIGURE:
@@ -831,6 +835,7 @@ class MLflowSink:
                     "experiment_id": opened["experiment_id"],
                 }
                 self._encoder.start_run(opened["params"])
+                self._encoder.secret_patterns = run.secret_key_patterns
                 config: dict[str, str] = {}
                 self._encoder.param_pairs(run.config or {}, config)
                 self._plan = _Plan(None, self._encoder.batches([], list(config.items()), []))

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from ..events import FIGURE, METRICS, PARAMS, TAG
+from ..redact import MASK, is_secret_key, redact_config
 from .base import PermanentSinkError, RunContext
 
 try:  # the `tensorboard` extra; what is missing is reported when a sink is built
@@ -220,7 +221,8 @@ class TensorBoardSink:
         self._discard_file()  # a retried open() must not leave the previous attempt's file open
         self._run_dir = Path(run.run_dir)
         (self._run_dir / TENSORBOARD_DIR).mkdir(parents=True, exist_ok=True)
-        self._config = dict(run.config)
+        self._secret_patterns = run.secret_key_patterns
+        self._config = redact_config(run.config, self._secret_patterns)  # event files get shared
         self._step = 0
         # TensorBoard finds files by "tfevents" in the name; time first so that names sort by age;
         # pid and a counter so that two opens of one run's folder (replay, retried open) never share one.
@@ -251,9 +253,10 @@ class TensorBoardSink:
                 except PermanentSinkError as exc:
                     bad_figures.append(str(exc))
             elif kind == TAG:
-                extras.append(_text_record(TAG_PREFIX + event[1], str(event[2]), step, event[3]))
+                value = MASK if is_secret_key(event[1], self._secret_patterns) else str(event[2])
+                extras.append(_text_record(TAG_PREFIX + event[1], value, step, event[3]))
             elif kind == PARAMS:
-                self._config.update(event[1])  # shallow, as config.json (JSON sink) is updated
+                self._config.update(redact_config(event[1], self._secret_patterns))  # shallow, as config.json
                 params_time = event[2]
         parts = [_scalar_record(*group) for group in scalars] + extras
         if params_time is not None:  # one config text per batch, however many PARAMS
