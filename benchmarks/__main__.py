@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ["caller_cost", "training_loop", "sink_throughput"]
+BENCHMARKS = ["caller_cost", "training_loop", "sink_throughput", "slow_sink", "stalled_sink"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or RESULTS / ("quick.json" if args.quick else "latest.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
-    print(f"results written to {out}")
+    from .chart import write_chart
+
+    write_chart(results, out.with_suffix(".png"))
+    print(f"results written to {out} and {out.with_suffix('.png')}")
     return 0
 
 
