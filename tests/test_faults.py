@@ -11,7 +11,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
 
 from tracking import RetryPolicy
 from tracking.journal import read_journal

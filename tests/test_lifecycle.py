@@ -1,7 +1,6 @@
 """Run lifecycle with real processes: signals, interpreter exit, uncaught exceptions, fork."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
