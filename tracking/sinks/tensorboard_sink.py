@@ -61,6 +61,7 @@ _U64 = struct.Struct("<Q")
 _F32 = struct.Struct("<f").pack
 _WALL_TIME = struct.Struct("<Bd")  # Event field 1, a double: key byte 0x09, then 8 bytes
 _NO_WALL_TIME = _WALL_TIME.pack(0x09, 0.0)  # proto3 leaves a field at its default out
+_SMALL_VARINTS = [bytes((i,)) for i in range(0x80)]
 
 
 def _masked_crc(data: bytes) -> bytes:
@@ -69,13 +70,22 @@ def _masked_crc(data: bytes) -> bytes:
     return _U32.pack((((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
 
 
+@functools.lru_cache(maxsize=4096)  # record lengths repeat: a scalar record's depends on its keys only
+def _record_header(length: int) -> bytes:
+    header = _U64.pack(length)
+    return header + _masked_crc(header)
+
+
 def _frame(data: bytes) -> bytes:
     """One TFRecord: length, its CRC, the data, its CRC."""
-    header = _U64.pack(len(data))
-    return header + _masked_crc(header) + data + _masked_crc(data)
+    return _record_header(len(data)) + data + _masked_crc(data)
 
 
 def _varint(value: int) -> bytes:
+    if value < 0x80:  # the common cases (steps, tag and value lengths) without the loop
+        return _SMALL_VARINTS[value]
+    if value < 0x4000:
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     out = []
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
