@@ -418,3 +418,30 @@ def test_flush_right_after_start_waits_for_the_sinks_to_open(make_tracker):
     tracker.start_run()
     assert tracker.flush(timeout_s=10)
     assert sink.calls[:2] == ["open", "flush"]
+
+
+def test_an_unhashable_sink_works(make_tracker):
+    from dataclasses import dataclass, field
+
+    @dataclass  # eq=True without frozen: instances are unhashable, as many user classes are
+    class DataclassSink:
+        name: str = "dc"
+        events: list = field(default_factory=list)
+
+        def open(self, run):
+            return None
+
+        def write(self, events):
+            self.events.extend(events)
+
+        def flush(self):
+            pass
+
+        def close(self, status):
+            pass
+
+    sink = DataclassSink()
+    tracker = make_tracker([sink])
+    tracker.start_run()
+    tracker.log_metric("x", 1.0)
+    assert tracker.end_run().complete and len(sink.events) == 1

@@ -12,14 +12,13 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import anyio
 
 from .journal import iter_journal
-from .recorder import Recorder
+from .recorder import Recorder, replay_command
 from .sinks.base import PermanentSinkError, RunContext, Sink
 from .stats import SinkState
 
@@ -29,21 +28,6 @@ _logger = logging.getLogger(__name__)
 
 #: events read back from the journal per write() when a lane catches up
 _CATCH_UP_CHUNK = 5000
-
-# One lock per sink instance, held for every call into it. A call abandoned at a run's end-of-run
-# deadline keeps running in its pool thread; the lock makes the next run's open() wait for it, so a
-# sink is never called from two threads at once, as the contract promises.
-_sink_locks: "weakref.WeakKeyDictionary[object, threading.Lock]" = weakref.WeakKeyDictionary()
-_sink_locks_guard = threading.Lock()
-
-
-def _lock_for(sink: object) -> threading.Lock:
-    with _sink_locks_guard:
-        lock = _sink_locks.get(sink)
-        if lock is None:
-            lock = _sink_locks[sink] = threading.Lock()
-        return lock
-
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -79,6 +63,7 @@ class SinkLane:
         retry: RetryPolicy,
         max_backlog_events: int,
         notify: Callable[[], None],
+        sink_lock: threading.Lock,
     ) -> None:
         self.sink = sink
         self.state = SinkState(name=sink.name)
@@ -90,7 +75,10 @@ class SinkLane:
         self._notify = notify
         self._backlog = 0
         self._dead = False  # open() refused for good, or the lane itself failed: deliver nothing
-        self._lock = _lock_for(sink)
+        # Held for every call into the sink; owned by the tracker, so it outlives this run's lane.
+        # A call abandoned at the end-of-run deadline keeps running in its pool thread; the lock
+        # makes the next run's open() wait for it: a sink is never called from two threads at once.
+        self._lock = sink_lock
         self._status = "FINISHED"
         self._send, self._recv = anyio.create_memory_object_stream(math.inf)
 
@@ -131,8 +119,8 @@ class SinkLane:
         self.state.failing = True
         self.state.last_error = f"{type(exc).__name__}: {exc}"
         _logger.error(
-            "tracking: sink %r gave up (%s); its events stay in the journal: replay them with "
-            "`python -m tracking replay RUN_DIR --to %s`", self.sink.name, self.state.last_error, self.sink.name,
+            "tracking: sink %r gave up (%s); its events stay in the journal: replay them with %s",
+            self.sink.name, self.state.last_error, replay_command(self._recorder.run_dir, self.sink.name),
         )
 
     async def _serve(self) -> None:

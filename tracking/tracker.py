@@ -132,6 +132,8 @@ class Tracker:
         if memory_budget_bytes <= 0:
             raise ValueError(f"memory_budget_bytes must be > 0, got {memory_budget_bytes!r}")
         self.sinks = [resolve_sink(spec) for spec in sinks]
+        # One per sink, for every run of this tracker: see SinkLane (calls into a sink never overlap).
+        self._sink_locks = [threading.Lock() for _ in self.sinks]
         names = [s.name for s in self.sinks]
         if len(set(names)) != len(names):
             raise ValueError(f"sink names must be unique within a tracker, got {names}")
@@ -211,8 +213,8 @@ class Tracker:
         lanes: list[SinkLane] = []
         worker = Worker(queue, recorder, lanes, self.batch_interval_s, self.batch_max_events)
         lanes.extend(
-            SinkLane(sink, run, recorder, self.retry, self.max_sink_backlog_events, worker.notify)
-            for sink in self.sinks
+            SinkLane(sink, run, recorder, self.retry, self.max_sink_backlog_events, worker.notify, lock)
+            for sink, lock in zip(self.sinks, self._sink_locks)
         )
         worker.lanes = lanes
         worker.start()
