@@ -45,17 +45,17 @@ class InlineDispatcher:
                     continue
                 try:
                     ok, _ = self._call(sink, state, sink.write, prepared, reraise_permanent=True)
+                    refused = False
                 except PermanentSinkError as exc:
                     state.rejected += 1
                     state.last_error = f"rejected: {exc}"
-                    ok = False
-                    if state.delivered_seq == first_seq - 1:
-                        state.delivered_seq = first_seq  # refused for good: nothing to replay
+                    ok, refused = False, True
                 if ok:
                     state.delivered += 1
-                    # delivered_seq stops at the first event a sink missed: replay resumes there
-                    if state.delivered_seq == first_seq - 1:
-                        state.delivered_seq = first_seq
+                # delivered_seq stops at the first event a sink missed (replay resumes there);
+                # an event refused for good has nothing to replay
+                if (ok or refused) and state.delivered_seq == first_seq - 1:
+                    state.delivered_seq = first_seq
 
     def flush(self) -> bool:
         with self._lock:
