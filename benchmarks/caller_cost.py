@@ -8,21 +8,54 @@ the GIL with the training thread and so is the loop's cost too. The training-loo
 both together. The median comes from timing whole loops of calls (no timer in the loop); the p99
 from timing each call with `perf_counter_ns` (the same timer overhead is in every row, the floor's
 included).
+
+After each peer's sample the process is left to go idle (`_quiesce`, untimed): the peers' own
+background writers (tensorboardX's and torch's writer threads, MLflow's async queue, which writes
+into the same sqlite file as the sync MLflow peer) would otherwise take the GIL, and hold the
+database, during whichever case comes next.
+
+Peers are what users would call instead; wandb's `run.log` is one of them when wandb is installed
+(`pip install 'batteryml-tracking[bench]'`), always offline: `WANDB_MODE=offline` is set before
+wandb is imported, so no call of this benchmark ever reaches the network.
 """
 from __future__ import annotations
 
 import collections
+import importlib.util
+import os
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from tracking import Tracker
 
-from .harness import interleave, median, percentile, per_call_ns
+from .harness import interleave, median, per_call_ns, percentile
 
 __all__ = ["run"]
 
 KEYS10 = {f"metric_{i}": 0.1 * i for i in range(10)}
+WANDB_MISSING = "not installed (pip install 'batteryml-tracking[bench]')"
+WANDB_PEERS = ("wandb run.log (offline)", "wandb run.log, 10 keys (offline)")
+#: after a peer's sample: idle means under _QUIET_CPU_S of process CPU in _QUIET_WINDOW_S; waits at most _QUIET_MAX_S
+_QUIET_CPU_S, _QUIET_WINDOW_S, _QUIET_MAX_S = 0.005, 0.05, 60.0
+
+
+class _Peer(NamedTuple):
+    loop: Callable[[int], None]
+    calls: int  #: calls a sample makes (slow peers: fewer)
+
+
+def _quiesce() -> None:
+    """Wait until this process's other threads are idle: a peer's background writer finishing what
+    the last sample queued, off the clock. No peer API is used for it: MLflow's flush_async_logging
+    shuts its thread pool down, so the next sample would pay for the restart."""
+    deadline = time.monotonic() + _QUIET_MAX_S
+    while time.monotonic() < deadline:
+        cpu = time.process_time()
+        time.sleep(_QUIET_WINDOW_S)
+        if time.process_time() - cpu < _QUIET_CPU_S:
+            return
 
 
 def _floor_loops() -> tuple[Callable[[int], None], Callable[[int], None], Callable[[], None]]:
@@ -54,8 +87,8 @@ def _tracker_loops(tracker: Tracker) -> tuple[Callable[[int], None], Callable[[i
     return one, ten
 
 
-def _peer_loops(base: str) -> dict[str, tuple[Callable[[int], None], int]]:
-    """What users call instead, each with the number of calls a sample makes (slow peers: fewer)."""
+def _peer_loops(base: str) -> dict[str, _Peer]:
+    """What users call instead."""
     import mlflow
     from tensorboardX import SummaryWriter as XWriter
     from torch.utils.tensorboard import SummaryWriter as TorchWriter
@@ -81,14 +114,44 @@ def _peer_loops(base: str) -> dict[str, tuple[Callable[[int], None], int]]:
         for i in range(n):
             mlflow.log_metric("loss", 0.5, step=i)
 
-    return {"tensorboardX.add_scalar": (tbx, 2000), "torch.SummaryWriter.add_scalar": (torch_tb, 2000),
-            "mlflow.log_metric(synchronous=False)": (mlflow_async, 200), "mlflow.log_metric": (mlflow_sync, 20)}
+    return {"tensorboardX.add_scalar": _Peer(tbx, 2000), "torch.SummaryWriter.add_scalar": _Peer(torch_tb, 2000),
+            "mlflow.log_metric(synchronous=False)": _Peer(mlflow_async, 200), "mlflow.log_metric": _Peer(mlflow_sync, 20)}
 
 
-def _close_peers() -> None:
+def _wandb_run(base: str) -> Any | None:
+    """An offline wandb run writing under `base`, or None when wandb is not installed."""
+    if importlib.util.find_spec("wandb") is None:
+        return None
+    # Set before wandb is imported, and over whatever the user's shell says: offline, always.
+    os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=base)
+    try:
+        import wandb
+    except ImportError:
+        return None
+    return wandb.init(project="caller_cost_peers", dir=base, mode="offline",
+                      settings=wandb.Settings(silent=True))
+
+
+def _wandb_loops(run: Any) -> dict[str, _Peer]:
+    log = run.log
+
+    def one(n: int) -> None:
+        for i in range(n):
+            log({"loss": 0.5})
+
+    def ten(n: int) -> None:
+        for i in range(n):
+            log(KEYS10)
+
+    return {WANDB_PEERS[0]: _Peer(one, 1000), WANDB_PEERS[1]: _Peer(ten, 1000)}
+
+
+def _close_peers(wandb_run: Any | None) -> None:
     import mlflow
 
     mlflow.end_run()
+    if wandb_run is not None:
+        wandb_run.finish()
 
 
 def _p99_ns(call: Callable[[int], None], n: int) -> float:
@@ -117,7 +180,8 @@ def run(quick: bool = False, sinks: tuple[str, ...] = ("json", "tensorboard")) -
 
     worker_cpu: dict[str, list[float]] = {"log_metric": [], "log_metrics10": []}
 
-    def case(loop: Callable[[int], None], n: int, drain: Tracker | None = None, kind: str = "") -> Callable[[], float]:
+    def case(loop: Callable[[int], None], n: int, drain: Tracker | None = None, kind: str = "",
+             settle: Callable[[], None] | None = None) -> Callable[[], float]:
         def measure() -> float:
             floor_clear()
             cost = per_call_ns(loop, n)
@@ -125,6 +189,8 @@ def run(quick: bool = False, sinks: tuple[str, ...] = ("json", "tensorboard")) -
                 cpu = time.process_time()
                 drain.flush(timeout_s=120)  # the caller waits: the CPU spent now is the worker's
                 worker_cpu[kind].append((time.process_time() - cpu) / n * 1e6)
+            if settle is not None:
+                settle()
             return cost
         return measure
 
@@ -136,17 +202,20 @@ def run(quick: bool = False, sinks: tuple[str, ...] = ("json", "tensorboard")) -
         cases[f"{name}.log_metric"] = case(one, n, drain, "log_metric")
         cases[f"{name}.log_metrics10"] = case(ten, n, drain, "log_metrics10")
     peers = _peer_loops(base)
-    for name, (loop, n) in peers.items():
-        cases[f"peer {name}"] = case(loop, max(n // (10 if quick else 1), 5))
+    wandb_run = _wandb_run(base)
+    if wandb_run is not None:
+        peers.update(_wandb_loops(wandb_run))
+    for name, peer in peers.items():
+        cases[f"peer {name}"] = case(peer.loop, max(peer.calls // (10 if quick else 1), 5), settle=_quiesce)
     samples = interleave(cases, repeats)
-    _close_peers()
+    _close_peers(wandb_run)
     result: dict[str, Any] = {"sinks": list(sinks), "calls_per_sample": calls, "repeats": repeats, "rows": {}}
     for name, values in samples.items():
         result["rows"][name] = {"median_us": median(values) / 1000}
     for name, (one, ten) in loops.items():
         n = calls if name != "sync" else max(calls // 10, 200)
-        result["rows"][f"{name}.log_metric"]["p99_us"] = _p99_ns(lambda i: one(1), n) / 1000
-        result["rows"][f"{name}.log_metrics10"]["p99_us"] = _p99_ns(lambda i: ten(1), n) / 1000
+        result["rows"][f"{name}.log_metric"]["p99_us"] = _p99_ns(lambda i, one=one: one(1), n) / 1000
+        result["rows"][f"{name}.log_metrics10"]["p99_us"] = _p99_ns(lambda i, ten=ten: ten(1), n) / 1000
         floor_clear()
     result["worker_cpu_us_per_event"] = {kind: median(v) for kind, v in worker_cpu.items()}
     result["worker_cpu_us_per_scalar"] = {
@@ -155,7 +224,10 @@ def run(quick: bool = False, sinks: tuple[str, ...] = ("json", "tensorboard")) -
     for name, row in result["rows"].items():
         row["x_floor"] = row["median_us"] / floor
         row.setdefault("p99_us", float("nan"))
-    cheapest_peer = min(row["median_us"] for name, row in result["rows"].items() if name.startswith("peer "))
+    if wandb_run is None:
+        result["rows"].update({f"peer {name}": {"note": WANDB_MISSING} for name in WANDB_PEERS})
+    cheapest_peer = min(row["median_us"] for name, row in result["rows"].items()
+                        if name.startswith("peer ") and "median_us" in row)
     result["cheapest_peer_x_async"] = cheapest_peer / result["rows"]["async.log_metric"]["median_us"]
     for tracker in trackers.values():
         tracker.end_run(timeout_s=120)
@@ -173,9 +245,12 @@ def run(quick: bool = False, sinks: tuple[str, ...] = ("json", "tensorboard")) -
 
 def render(result: dict[str, Any]) -> str:
     lines = [f"caller cost per call (sinks: {', '.join(result['sinks'])}; medians of {result['repeats']} interleaved samples)",
-             f"  {'case':<40}{'median µs':>10}{'p99 µs':>10}{'× floor':>9}"]
+             f"  {'case':<40}{'median µs':>11}{'p99 µs':>10}{'× floor':>11}"]
     for name, row in result["rows"].items():
-        lines.append(f"  {name:<40}{row['median_us']:>10.3f}{row['p99_us']:>10.2f}{row['x_floor']:>9.2f}")
+        if "median_us" not in row:
+            lines.append(f"  {name:<40}{row['note']}")
+            continue
+        lines.append(f"  {name:<40}{row['median_us']:>11.3f}{row['p99_us']:>10.2f}{row['x_floor']:>11.2f}")
     cpu = result["worker_cpu_us_per_scalar"]
     lines.append(f"  worker CPU per scalar (GIL time the loop also pays): {cpu['log_metric']:.2f} µs in 1-key events, "
                  f"{cpu['log_metrics10']:.2f} µs in 10-key events")

@@ -1,6 +1,8 @@
 """Bad input gets a clear error at the call site, with a type and a message that say what to fix."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -42,8 +44,23 @@ def test_non_numeric_metric_values_are_refused(tracker, value, fragment):
     with pytest.raises(InvalidMetricError, match="real number|0-d tensor") as info:
         tracker.log_metric("loss", value)
     assert fragment in str(info.value)
-    with pytest.raises(InvalidMetricError):
-        tracker.log_metrics({"loss": value})
+    with pytest.raises(InvalidMetricError, match="real number|0-d tensor") as info:
+        tracker.log_metrics({"ok": torch.tensor(1.0), "loss": value})
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("value", [torch.tensor(3), torch.tensor(3.0, dtype=torch.float64),
+                                   torch.tensor([3.0]), torch.tensor(3.0, requires_grad=True) * 1,
+                                   np.float32(3.0), np.int64(3), 3])
+def test_numbers_and_one_element_tensors_are_logged_as_floats(make_tracker, value):
+    tracker = make_tracker(["json"], mode="sync")
+    tracker.start_run()
+    tracker.log_metrics({"a": value, "b": value}, step=0)
+    tracker.log_metric("c", value, step=0)
+    tracker.end_run()
+    logged = json.loads((tracker.get_run_dir() / "metrics.json").read_text())
+    assert logged == {"a": 3.0, "b": 3.0, "c": 3.0}
+    assert all(type(v) is float for v in logged.values())
 
 
 @pytest.mark.parametrize("key", ["", None, 3, ("a",)])

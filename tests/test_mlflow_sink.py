@@ -238,6 +238,16 @@ def test_a_request_mlflow_can_never_accept_is_skipped_and_the_rest_delivered(sql
     assert len(history(MlflowClient(sqlite_uri), facts["mlflow_run_id"], "loss")) == 5
 
 
+def test_the_helper_process_only_takes_cpu_the_training_process_leaves_idle(sqlite_uri, tmp_path):
+    sink = MLflowSink(sqlite_uri, process=True)
+    sink.open(make_run(tmp_path, "helper_priority"))
+    try:
+        assert os.sched_getscheduler(sink.helper_pid) == os.SCHED_IDLE
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the training process is left as it was
+    finally:
+        sink.close("FINISHED")
+
+
 def test_a_helper_process_that_dies_is_restarted_and_nothing_is_lost(sqlite_uri, tmp_path):
     sink = MLflowSink(sqlite_uri, process=True)
     facts = sink.open(make_run(tmp_path, "helper_dies"))

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import io
 import json
+import random
 import re
 import threading
 
@@ -11,7 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+import tracking.lane
 from tracking import NoActiveRunError, RunAlreadyActiveError, RunEndedError, Tracker
+from tracking.events import METRICS, StepResolver
+from tracking.sinks.json_sink import JsonSink
 from tracking.journal import read_journal
 from tracking.rundir import read_meta
 
@@ -46,6 +51,50 @@ def test_documented_usage_with_json_tracker(make_tracker, mode):
     rows = list(csv.DictReader(open(run_dir / "step_metrics.csv")))
     assert [r["step"] for r in rows] == ["0", "1", "2"]
     assert float(rows[2]["train_loss"]) == 0.5 / 3
+
+
+def test_step_csv_of_a_run_longer_than_memory_holds_equals_the_in_memory_one(make_tracker):
+    """Rows spilled to disk in sorted runs and merged at the end give the same CSV, with one row per
+    step even when a step's values arrive in different runs, NaN and ±inf kept."""
+    rng = random.Random(3)
+    steps = list(range(300)) + [rng.randrange(300) for _ in range(200)]  # revisits span spills
+    values = [float("nan"), float("inf"), -0.0, 1e300] + [rng.random() for _ in range(len(steps) - 4)]
+    csvs = []
+    for limit in (7, 1_000_000):
+        tracker = make_tracker([JsonSink(max_rows_in_memory=limit)], mode="sync")
+        tracker.start_run()
+        for i, (step, value) in enumerate(zip(steps, values)):
+            tracker.log_metric(f"k{i % 5}", value, step=step)
+        tracker.end_run()
+        run_dir = tracker.get_run_dir()
+        assert not (run_dir / ".step_metrics.spill").exists()
+        csvs.append((run_dir / "step_metrics.csv").read_text())
+    assert csvs[0] == csvs[1]
+    rows = list(csv.DictReader(io.StringIO(csvs[0])))
+    assert [int(r["step"]) for r in rows] == list(range(300))
+
+
+def test_a_producer_faster_than_the_worker_does_not_starve_the_sinks_into_the_journal(make_tracker, monkeypatch):
+    """While the queue never empties, the worker still hands every batch to the sinks in memory
+    (it once drained batch after batch without letting the lanes run, so they fell behind and had
+    to read everything back from the journal, several times slower)."""
+    journal_reads = []
+    real_iter_journal = tracking.lane.iter_journal
+
+    def counting_iter_journal(*args, **kwargs):
+        journal_reads.append(args[1:])
+        return real_iter_journal(*args, **kwargs)
+
+    monkeypatch.setattr(tracking.lane, "iter_journal", counting_iter_journal)
+    sink = RecordingSink()
+    sink.blocking = False  # called on the worker's thread, as the JSON and TensorBoard sinks are
+    tracker = make_tracker([sink], batch_max_events=100, max_sink_backlog_events=1_000)
+    tracker.start_run()
+    for step in range(100_000):
+        tracker.log_metric("loss", 0.5, step)
+    tracker.end_run()
+    assert [ev[2] for ev in sink.events] == list(range(100_000))
+    assert journal_reads == []
 
 
 def test_run_id_names_the_directory_and_never_collides(make_tracker):
@@ -105,6 +154,22 @@ def test_missing_steps_count_up_per_key(make_tracker):
     tracker.end_run()
     steps = [(tuple(ev[1]), ev[2]) for ev in sink.events]
     assert steps == [(("a",), 0), (("a",), 1), (("a",), 2), (("a", "b"), 3), (("b",), 10), (("b",), 11)]
+
+
+def test_step_resolution_matches_a_per_key_reference():
+    """Random mixes of explicit and missing steps over many key sets (past the resolver's fold
+    threshold) give what a plain per-key table gives."""
+    rng = random.Random(7)
+    keys = [f"k{i}" for i in range(40)]
+    resolver, reference = StepResolver(), {}
+    for _ in range(20_000):
+        values = dict.fromkeys(rng.sample(keys, rng.randint(1, 4)), 1.0)
+        step = None if rng.random() < 0.2 else rng.randint(0, 5_000)
+        expected = max(reference.get(k, 0) for k in values) if step is None else step
+        for key in values:
+            reference[key] = max(reference.get(key, 0), expected + 1)
+        resolved = resolver.resolve((METRICS, values, step, 0.0))
+        assert resolved[2] == expected
 
 
 def test_context_manager_marks_failed_and_reraises(make_tracker):

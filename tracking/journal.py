@@ -143,11 +143,30 @@ def _decode(record: list, run_dir: Path) -> tuple:
     return (_KIND_OBJECTS.get(kind, kind), *record[1:])
 
 
-def _records(fh) -> Iterator[list]:
+def _decode_all(records: list, run_dir: Path, finite: bool) -> list[tuple]:
+    """`_decode` for a batch's events; `finite`: the line holds no NaN/±inf strings (the common
+    case), so its metric events need no value scan."""
+    if not finite:
+        return [_decode(record, run_dir) for record in records]
+    metrics = METRICS
+    return [(metrics, r[1], r[2], r[3]) if r[0] == metrics else _decode(r, run_dir) for r in records]
+
+
+def _lines(fh) -> Iterator[bytes]:
     for line in fh:
         if not line.endswith(b"\n"):
             return  # a torn last line: the process died mid-write; everything before it is whole
+        yield line
+
+
+def _records(fh) -> Iterator[list]:
+    for line in _lines(fh):
         yield orjson.loads(line)
+
+
+def _is_finite_line(line: bytes) -> bool:
+    """False if the line may hold a non-finite value ("NaN", "Infinity", "-Infinity" strings)."""
+    return b'NaN"' not in line and b'Infinity"' not in line
 
 
 def iter_journal(
@@ -157,7 +176,8 @@ def iter_journal(
     run_dir = Path(run_dir)
     with open(run_dir / JOURNAL_FILE, "rb") as fh:
         fh.seek(start[1] if start is not None else 0)
-        for record in _records(fh):
+        for line in _lines(fh):
+            record = orjson.loads(line)
             if record[0] == "end":
                 return
             if record[0] != "batch":
@@ -165,11 +185,12 @@ def iter_journal(
             first, events = record[1], record[2]
             if first + len(events) <= from_seq:
                 continue
-            for seq, event in enumerate(events, first):
-                if to_seq is not None and seq > to_seq:
-                    return
-                if seq >= from_seq:
-                    yield seq, _decode(event, run_dir)
+            skip = max(from_seq - first, 0)
+            keep = len(events) if to_seq is None else max(min(to_seq - first + 1, len(events)), 0)
+            decoded = _decode_all(events[skip:keep], run_dir, _is_finite_line(line))
+            yield from zip(range(first + skip, first + keep), decoded)
+            if to_seq is not None and first + len(events) > to_seq:
+                return  # to_seq is in this line: stop before decoding the next one
 
 
 def read_journal(run_dir: str | os.PathLike) -> JournalContents:

@@ -2,6 +2,8 @@
 
 Runs as an anyio task in the worker thread's event loop; each sink call runs in a thread of anyio's
 pool (`to_thread.run_sync`), one call at a time per sink, so a slow sink only delays its own lane.
+A sink that says ``blocking = False`` (local files only: JSON, TensorBoard) is called on the
+worker's thread itself, as the journal is written.
 
 Back-pressure: the lane's inbox holds at most `max_backlog_events` events. When the sink falls
 further behind, the worker stops copying batches into the inbox and the lane later reads what it
@@ -26,8 +28,9 @@ __all__ = ["SinkLane", "RetryPolicy"]
 
 _logger = logging.getLogger(__name__)
 
-#: events read back from the journal per write() when a lane catches up
-_CATCH_UP_CHUNK = 5000
+#: events read back from the journal per write() when a lane catches up (at least a batch line's
+#: worth, so that a line is decoded about once, not once per chunk in it)
+_CATCH_UP_CHUNK = 20_000
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -66,6 +69,9 @@ class SinkLane:
         sink_lock: threading.Lock,
     ) -> None:
         self.sink = sink
+        # A non-blocking sink (local files only) is called on the worker's own thread: no pool
+        # thread to wake and come back from, twice a batch.
+        self._blocking = getattr(sink, "blocking", True) is not False
         self.state = SinkState(name=sink.name)
         self.done = threading.Event()
         self._run = run
@@ -183,7 +189,10 @@ class SinkLane:
         delay = self._retry.initial_s
         while True:
             try:
-                result = await anyio.to_thread.run_sync(self._locked, fn, args, abandon_on_cancel=True)
+                if self._blocking:
+                    result = await anyio.to_thread.run_sync(self._locked, fn, args, abandon_on_cancel=True)
+                else:
+                    result = self._locked(fn, args)
             except PermanentSinkError:
                 raise
             except Exception as exc:  # a sink may raise anything; it must never kill the lane

@@ -45,6 +45,7 @@ from .events import (
     PARAMS,
     TAG,
     CudaScalar,
+    capture_metrics,
     check_key,
     check_name,
     check_step,
@@ -270,8 +271,10 @@ class Tracker:
 
     def _become_inert_after_fork(self) -> None:
         """In a forked child: forget the parent's run without touching its files or threads."""
-        # The lock may have been held by another parent thread at fork time; a fresh one is safe.
+        # Locks may have been held by another parent thread at fork time (the worker in the middle
+        # of a sink call, say); that thread does not exist here, so fresh ones are the safe ones.
         self._lifecycle_lock = threading.RLock()
+        self._sink_locks = [threading.Lock() for _ in self.sinks]
         if self._queue is not None:
             self._queue.discard_all()
         self._worker = self._inline = self._queue = self._recorder = None
@@ -337,16 +340,7 @@ class Tracker:
             raise TypeError(f"metrics must be a dict of name -> number, got {type(metrics).__name__}")
         if step is not None and (type(step) is not int or step < 0):
             step = check_step(step)
-        values = {}
-        kind = METRICS
-        for key, value in metrics.items():
-            if type(key) is not str or not key:
-                check_key(key)
-            if type(value) is not float:
-                value = coerce_value(key, value)
-                if type(value) is CudaScalar:
-                    kind = METRICS_DEFERRED
-            values[key] = value
+        kind, values = capture_metrics(metrics)
         if values:
             self._emit((kind, values, step, _time()))
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import anyio
+import anyio.lowlevel
 
 from .lane import SinkLane
 from .queue import EventQueue, event_bytes
@@ -141,6 +142,10 @@ class Worker:
         while True:
             if not wake.is_set():
                 await anyio.to_thread.run_sync(wake.wait, self._batch_interval_s, abandon_on_cancel=True)
+            else:
+                # Work is waiting, but the lanes (sinks called on this thread included) get their
+                # turn first: a queue that never empties must not starve them into the journal.
+                await anyio.lowlevel.checkpoint()
             wake.clear()
             stop = self._dispatch(self.queue.drain(self._batch_max_events))
             if stop is not None:

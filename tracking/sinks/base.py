@@ -2,6 +2,10 @@
 
 Called from the worker (async mode: a thread of the worker's pool, one call at a time per sink) or
 from the caller's thread (sync mode). Never from two threads at once for one sink instance.
+A sink whose calls only touch local files and return within milliseconds may set the class
+attribute ``blocking = False``: the worker then calls it on its own thread instead of a pool thread,
+which saves two thread switches a batch (each a GIL hand-off the training thread also pays for).
+A sink that talks to a network, or may wait, leaves it out (the default is ``blocking = True``).
 
 A sink is any object with these four methods (`Sink` below). For each run it sees, in this order:
 
@@ -68,6 +72,7 @@ class Sink(Protocol):
 
     #: the name the sink reports under in stats(), meta.json and warnings
     name: str
+    # Optional, not part of the protocol check: ``blocking = False`` (see the module docstring).
 
     def open(self, run: RunContext) -> Mapping[str, Any] | None: ...
 

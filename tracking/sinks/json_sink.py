@@ -7,18 +7,24 @@ Runs on the worker (or on the caller's thread in sync mode), as every sink; see 
   format). Replaced atomically, at most every `metrics_interval_s` and at flush/close, so its cost
   depends on the number of keys, not on the length of the run. Non-finite values are written as the
   `NaN` / `Infinity` literals that Python's `json.load` reads back.
-- `step_metrics.csv`: a row per step, a column per metric, written when the run ends.
+- `step_metrics.csv`: a row per step, a column per metric, written when the run ends. Rows wait in
+  memory up to `max_rows_in_memory` steps; past that they are spilled, sorted, to a side file
+  (`.step_metrics.spill`), and the CSV is merged from the spilled runs at the end, so a run of
+  millions of steps holds a bounded number of rows in memory.
 
 The journal, artifacts and figures are written by the core (`tracking.rundir`), not here.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import heapq
 import json
 import logging
+import pickle
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from ..events import METRICS, PARAMS, is_finite_all
 from ..rundir import dumps, write_json_atomic
@@ -31,15 +37,19 @@ _logger = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 STEP_METRICS_FILE = "step_metrics.csv"
+SPILL_FILE = ".step_metrics.spill"
+_SPILL_BLOCK_ROWS = 1024  #: rows pickled together in the spill file
 
 
 class JsonSink:
     """Latest metrics as JSON, the config as JSON, and the per-step history as CSV."""
 
     name = "json"
+    blocking = False  # local files only: the worker calls it on its own thread (see sinks.base)
 
-    def __init__(self, metrics_interval_s: float = 1.0) -> None:
+    def __init__(self, metrics_interval_s: float = 1.0, max_rows_in_memory: int = 50_000) -> None:
         self.metrics_interval_s = metrics_interval_s
+        self.max_rows_in_memory = max_rows_in_memory
         self._run_dir: Path | None = None
 
     def open(self, run: RunContext) -> Mapping[str, Any] | None:
@@ -50,6 +60,8 @@ class JsonSink:
         self._columns: dict[str, None] = {}  # insertion-ordered set of metric keys
         self._metrics_dirty = False
         self._last_metrics_write = time.monotonic()
+        self._spilled: list[tuple[int, int]] = []  # (offset, blocks) of each sorted run in the spill file
+        (self._run_dir / SPILL_FILE).unlink(missing_ok=True)  # a previous open's leftovers
         write_json_atomic(self._run_dir / CONFIG_FILE, self._config)
         self._write_metrics()
         return None
@@ -73,6 +85,8 @@ class JsonSink:
             elif kind is PARAMS:
                 self._config.update(event[1])
                 config_changed = True
+        if len(rows) >= self.max_rows_in_memory:
+            self._spill()
         if config_changed:
             write_json_atomic(self._run_dir / CONFIG_FILE, self._config)
         if self._metrics_dirty and time.monotonic() - self._last_metrics_write >= self.metrics_interval_s:
@@ -103,10 +117,51 @@ class JsonSink:
         with open(tmp, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["step", *columns])
-            for step in sorted(self._rows):
-                row = self._rows[step]
+            for step, row in self._sorted_rows():
                 writer.writerow([step, *(_csv_value(row.get(c)) for c in columns)])
         tmp.replace(path)
+        (self._run_dir / SPILL_FILE).unlink(missing_ok=True)
+
+    def _spill(self) -> None:
+        """Append the rows in memory to the spill file as one run sorted by step, then forget them."""
+        path = self._run_dir / SPILL_FILE
+        with open(path, "ab") as fh:
+            offset = fh.tell()
+            items = sorted(self._rows.items())
+            try:
+                for start in range(0, len(items), _SPILL_BLOCK_ROWS):  # blocks: read back one at a time
+                    pickle.dump(items[start:start + _SPILL_BLOCK_ROWS], fh, protocol=pickle.HIGHEST_PROTOCOL)
+            except BaseException:
+                fh.truncate(offset)  # a retried write/close spills these rows again
+                raise
+        self._spilled.append((offset, -(-len(items) // _SPILL_BLOCK_ROWS)))
+        self._rows = {}
+
+    def _sorted_rows(self) -> Iterator[tuple[int, dict[str, float]]]:
+        """Every (step, row) in step order: the rows in memory merged with the spilled runs."""
+        if not self._spilled:
+            yield from sorted(self._rows.items())
+            return
+        in_memory = sorted(self._rows.items())
+        with contextlib.ExitStack() as stack:
+            runs = [_read_run(stack.enter_context(open(self._run_dir / SPILL_FILE, "rb")), offset, blocks)
+                    for offset, blocks in self._spilled]
+            merged = heapq.merge(*runs, in_memory, key=lambda item: item[0])
+            step, row = next(merged)
+            row = dict(row)
+            for next_step, next_row in merged:  # a step spilled in two runs gets one row
+                if next_step == step:
+                    row.update(next_row)
+                    continue
+                yield step, row
+                step, row = next_step, next_row
+            yield step, row
+
+
+def _read_run(fh: Any, offset: int, blocks: int) -> Iterator[tuple[int, dict[str, float]]]:
+    fh.seek(offset)
+    for _ in range(blocks):
+        yield from pickle.load(fh)
 
 
 def _csv_value(value: float | None) -> Any:

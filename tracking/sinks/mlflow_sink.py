@@ -76,8 +76,8 @@ __all__ = ["MLflowSink", "MLflowSinkError", "MLflowSinkWarning"]
 
 _logger = logging.getLogger(__name__)
 
-#: how much lower the helper process's scheduling priority is than the training process's
-_HELPER_NICENESS = 10
+#: the helper's nice level where SCHED_IDLE is not available (see `_lower_priority`)
+_HELPER_NICENESS = 19
 
 # MLflow's limits on one log_batch request (mlflow.utils.validation).
 MAX_METRICS_PER_REQUEST = 1000
@@ -675,18 +675,31 @@ def _reap(proc: subprocess.Popen, timeout_s: float) -> int | None:
     return proc.poll()
 
 
+def _lower_priority() -> None:
+    """Put the helper below the training process in the scheduler's eyes.
+
+    On a machine with few cores a busy store (sqlite ingestion takes ~110 µs of CPU a metric point)
+    must not take the CPU from the training loop or from the thread that holds its GIL: it catches
+    up whenever the trainer leaves a core idle, and at the end of the run. SCHED_IDLE where Linux
+    offers it (runs only on an otherwise idle core), else the lowest nice level.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return
+    except (AttributeError, OSError):
+        pass
+    try:
+        os.nice(_HELPER_NICENESS)
+    except OSError:
+        pass
+
+
 def _helper_main(fd: int) -> None:
     """The helper process: answer the sink's calls until it says stop or goes away."""
     # Ctrl-C reaches the whole process group; the parent decides when the helper stops, so that
     # the run's last batches and its status still reach MLflow after a KeyboardInterrupt.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Below the training process in the scheduler's eyes: on a machine with few cores a busy store
-    # (sqlite ingestion can take a whole core) must not take the CPU from the training loop or from
-    # the thread that holds its GIL. It catches up whenever the trainer leaves a core idle.
-    try:
-        os.nice(_HELPER_NICENESS)
-    except OSError:
-        pass
+    _lower_priority()
     sock = socket.socket(fileno=fd)
     try:
         config = _recv_msg(sock)

@@ -102,12 +102,33 @@ def _tag_prefix(key: str) -> bytes:
     return b"\x0a" + _varint(len(value) + 4) + value
 
 
+@functools.lru_cache(maxsize=1024)  # key sets repeat: a loop logs the same dict every step
+def _values_packer(keys: tuple[str, ...]) -> tuple[Any, list[Any]]:
+    """A struct that packs `Summary.Value`s for `keys` in one call, and its argument template.
+
+    The format alternates each key's cached prefix (`Ns`) with its float32 (`f`); the template
+    holds the prefixes at even positions, the values go at the odd ones.
+    """
+    prefixes = [_tag_prefix(k) for k in keys]
+    template: list[Any] = [None] * (2 * len(keys))
+    template[0::2] = prefixes
+    return struct.Struct("<" + "".join(f"{len(p)}sf" for p in prefixes)).pack, template
+
+
+def _values_body(values: dict) -> bytes:
+    """The `Summary.Value`s of one METRICS event's values, in their order."""
+    pack, template = _values_packer(tuple(values))
+    args = template.copy()
+    args[1::2] = values.values()
+    try:
+        return pack(*args)
+    except OverflowError:  # struct refuses what float32 can't hold; C's cast (so protobuf) gives ±inf
+        return b"".join([_tag_prefix(k) + _F32(c_float(v).value) for k, v in values.items()])
+
+
 def _scalar_record(wall_time: float, step: int, *values: dict) -> bytes:
     """A framed `Event(wall_time, step, Summary(value=[...]))` holding every value of `values`."""
-    try:
-        body = b"".join([_tag_prefix(k) + _F32(v) for vs in values for k, v in vs.items()])
-    except OverflowError:  # struct refuses what float32 can't hold; C's cast (so protobuf) gives ±inf
-        body = b"".join([_tag_prefix(k) + _F32(c_float(v).value) for vs in values for k, v in vs.items()])
+    body = _values_body(values[0]) if len(values) == 1 else b"".join(map(_values_body, values))
     wall = _WALL_TIME.pack(0x09, wall_time)
     return _frame(b"".join((
         b"" if wall == _NO_WALL_TIME else wall,
@@ -213,6 +234,7 @@ class TensorBoardSink:
     """
 
     name = "tensorboard"
+    blocking = False  # local files only: the worker calls it on its own thread (see sinks.base)
 
     def __init__(self, flush_interval_s: float = 1.0, buffer_bytes: int = 1 << 20) -> None:
         if _MISSING is not None:  # fail when the sink is built, naming the extra to install
