@@ -27,22 +27,34 @@ def _machine() -> dict[str, object]:
             "torch": torch.__version__, "processor": platform.processor() or platform.machine()}
 
 
+def _previous(out: Path, quick: bool) -> dict[str, object]:
+    """With --only, the other benchmarks' sections of the results file stay (each section's ratios
+    were measured within its own run; its `started` says when)."""
+    try:
+        previous = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return {}
+    return previous if isinstance(previous, dict) and previous.get("quick") == quick else {}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("--quick", action="store_true", help="a small run of each benchmark (CI's smoke test)")
-    parser.add_argument("--only", nargs="*", choices=BENCHMARKS, help="run only these")
+    parser.add_argument("--only", nargs="*", choices=BENCHMARKS,
+                        help="run only these; the results file keeps the other benchmarks' last results")
     parser.add_argument("--out", type=Path, default=None, help="results file (default: benchmarks/results/latest.json, or quick.json with --quick)")
     args = parser.parse_args(argv)
-    results: dict[str, object] = {"machine": _machine(), "quick": args.quick, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    out = args.out or RESULTS / ("quick.json" if args.quick else "latest.json")
+    results = _previous(out, args.quick) if args.only else {}
+    results.update(machine=_machine(), quick=args.quick)
     for name in args.only or BENCHMARKS:
         module = importlib.import_module(f"benchmarks.{name}")
-        started = time.perf_counter()
+        started, clock = time.strftime("%Y-%m-%d %H:%M:%S"), time.perf_counter()
         result = module.run(quick=args.quick)
-        result["seconds"] = round(time.perf_counter() - started, 1)
+        result.update(started=started, seconds=round(time.perf_counter() - clock, 1))
         results[name] = result
         print(module.render(result), flush=True)
         print()
-    out = args.out or RESULTS / ("quick.json" if args.quick else "latest.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     from .chart import write_chart

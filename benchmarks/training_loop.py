@@ -122,6 +122,7 @@ class _ByHand:
             import mlflow
 
             mlflow.set_tracking_uri(f"sqlite:///{base}/mlflow-by-hand.db")
+            mlflow.set_experiment("by_hand")  # not whatever experiment an earlier benchmark made active
             mlflow.start_run(run_name=f"by_hand_{config}")
             self.mlflow = mlflow
 
