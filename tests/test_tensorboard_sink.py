@@ -176,6 +176,7 @@ def test_scalar_records_are_byte_identical_to_protobuf():
         (T0 + 2, 300, {k: i * 0.1 for i, k in enumerate(long_keys)}),
         (0.0, 2**40, {"loss": 1.0}),
         (-0.0, 7, {"loss": 1.0}),
+        (T0 + 3, 8, {"big": -1e39}),  # one key (log_metric's event) beyond float32: -inf, as protobuf
     ]
     for wall_time, step, *values in cases:
         message = event_pb2.Event(wall_time=wall_time, step=step, summary=summary_pb2.Summary(value=[

@@ -117,6 +117,12 @@ def _values_packer(keys: tuple[str, ...]) -> tuple[Any, list[Any]]:
 
 def _values_body(values: dict) -> bytes:
     """The `Summary.Value`s of one METRICS event's values, in their order."""
+    if len(values) == 1:  # log_metric's event: the prefix and the float, no packer to look up
+        for key, value in values.items():
+            try:
+                return _tag_prefix(key) + _F32(value)
+            except OverflowError:
+                return _tag_prefix(key) + _F32(c_float(value).value)
     pack, template = _values_packer(tuple(values))
     args = template.copy()
     args[1::2] = values.values()
