@@ -71,21 +71,9 @@ def make_step(seed: int = 0) -> Callable[[], dict[str, torch.Tensor]]:
 
 # -- the cases: each knows how to log a step, whether it has caught up, and how to finish -------------
 
-class _NoLogging:
-    def log(self, metrics: dict, step: int) -> None:
-        pass
-
-    def caught_up(self) -> bool:
-        return True
-
-    def settle(self) -> None:
-        pass
-
-    def close(self) -> float:
-        return 0.0
-
-
 class _Ours:
+    """Our tracker with `config`'s sinks in `mode`; caught up once every sink has every event."""
+
     def __init__(self, config: str, mode: str, base: Path) -> None:
         sinks: list[Any] = [s for s in CONFIGS[config] if s != "mlflow"]
         if "mlflow" in CONFIGS[config]:

@@ -397,3 +397,23 @@ def test_tracker_run_reads_back_as_logged(make_tracker, mode):
     [image] = acc.Images("curve")
     assert (image.width, image.height) == (100, 50)
     assert "| optim.lr | 0.01 |" in text_of(acc, "config")[0][1]
+
+
+def test_a_forked_child_reopening_the_sink_leaves_the_parents_pending_records_to_the_parent(tmp_path):
+    """A DataLoader-style fork while records wait in memory: the child's open() for its own run
+    must not write them into the parent's file (they would appear twice)."""
+    sink = TensorBoardSink(flush_interval_s=3600)  # records stay pending until flush()
+    run = make_run(tmp_path)
+    sink.open(run)
+    sink.write([(METRICS, {"loss": 0.5}, 1, T0), (METRICS, {"loss": 0.25}, 2, T0 + 1)])
+    pid = os.fork()
+    if pid == 0:
+        try:
+            sink.open(make_run(tmp_path, "child"))
+            sink.close("FINISHED")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    sink.close("FINISHED")
+    steps = [e.step for e in raw_events(run.run_dir) if e.summary.value and e.summary.value[0].HasField("simple_value")]
+    assert steps == [1, 2]

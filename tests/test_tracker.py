@@ -8,6 +8,7 @@ import json
 import random
 import re
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -60,8 +61,10 @@ def test_step_csv_of_a_run_longer_than_memory_holds_equals_the_in_memory_one(mak
     steps = list(range(300)) + [rng.randrange(300) for _ in range(200)]  # revisits span spills
     values = [float("nan"), float("inf"), -0.0, 1e300] + [rng.random() for _ in range(len(steps) - 4)]
     csvs = []
+    spilled_runs = []
     for limit in (7, 1_000_000):
-        tracker = make_tracker([JsonSink(max_rows_in_memory=limit)], mode="sync")
+        sink = JsonSink(max_rows_in_memory=limit)
+        tracker = make_tracker([sink], mode="sync")
         tracker.start_run()
         for i, (step, value) in enumerate(zip(steps, values)):
             tracker.log_metric(f"k{i % 5}", value, step=step)
@@ -69,6 +72,8 @@ def test_step_csv_of_a_run_longer_than_memory_holds_equals_the_in_memory_one(mak
         run_dir = tracker.get_run_dir()
         assert not (run_dir / ".step_metrics.spill").exists()
         csvs.append((run_dir / "step_metrics.csv").read_text())
+        spilled_runs.append(len(sink._spilled))
+    assert spilled_runs[0] > 40 and spilled_runs[1] == 0  # many runs merged (one file descriptor), vs none
     assert csvs[0] == csvs[1]
     rows = list(csv.DictReader(io.StringIO(csvs[0])))
     assert [int(r["step"]) for r in rows] == list(range(300))
@@ -95,6 +100,32 @@ def test_a_producer_faster_than_the_worker_does_not_starve_the_sinks_into_the_jo
     tracker.end_run()
     assert [ev[2] for ev in sink.events] == list(range(100_000))
     assert journal_reads == []
+
+
+def test_a_non_blocking_sink_with_a_slow_close_neither_holds_the_deadline_nor_the_next_run(make_tracker):
+    """`blocking = False` sinks are written on the worker's thread, but their close() runs in the
+    pool, where the end-of-run deadline can leave it; the next run's worker is not stuck behind it."""
+
+    class SlowCloseSink(RecordingSink):
+        blocking = False
+
+        def close(self, status: str) -> None:
+            time.sleep(3.0)
+            super().close(status)
+
+    slow, other = SlowCloseSink("slow"), RecordingSink("other")
+    tracker = make_tracker([slow, other], end_timeout_s=1.0)
+    tracker.start_run()
+    for step in range(10):
+        tracker.log_metric("loss", 0.5, step)
+    started = time.monotonic()
+    tracker.end_run()
+    assert time.monotonic() - started < 1.7  # the deadline (1 s), not the close (3 s)
+    assert len(other.events) == 10 and len(slow.events) == 10
+    tracker.start_run()  # slow.close() is still running in its pool thread
+    tracker.log_metric("loss", 0.5, 0)
+    assert tracker.flush(timeout_s=10.0)
+    assert len(other.events) == 11 and len(slow.events) == 11  # waited for slow's lock, in the pool
 
 
 def test_run_id_names_the_directory_and_never_collides(make_tracker):

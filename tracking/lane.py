@@ -2,8 +2,9 @@
 
 Runs as an anyio task in the worker thread's event loop; each sink call runs in a thread of anyio's
 pool (`to_thread.run_sync`), one call at a time per sink, so a slow sink only delays its own lane.
-A sink that says ``blocking = False`` (local files only: JSON, TensorBoard) is called on the
-worker's thread itself, as the journal is written.
+A sink that says ``blocking = False`` (local files only: JSON, TensorBoard) has its `write` and
+`flush` called on the worker's thread itself, as the journal is written; `open` and `close` still
+go to the pool.
 
 Back-pressure: the lane's inbox holds at most `max_backlog_events` events. When the sink falls
 further behind, the worker stops copying batches into the inbox and the lane later reads what it
@@ -69,7 +70,7 @@ class SinkLane:
         sink_lock: threading.Lock,
     ) -> None:
         self.sink = sink
-        # A non-blocking sink (local files only) is called on the worker's own thread: no pool
+        # A non-blocking sink (local files only) is written on the worker's own thread: no pool
         # thread to wake and come back from, twice a batch.
         self._blocking = getattr(sink, "blocking", True) is not False
         self.state = SinkState(name=sink.name)
@@ -154,7 +155,7 @@ class SinkLane:
         if first_seq + len(events) - 1 <= self.state.delivered_seq:
             return  # already delivered from the journal while catching up
         try:
-            await self._call(self.sink.write, events)
+            await self._call(self.sink.write, events, inline=True)
         except PermanentSinkError as exc:
             self.state.rejected += len(events)
             self.state.last_error = f"rejected {len(events)} events: {exc}"
@@ -180,19 +181,28 @@ class SinkLane:
 
     async def _flush(self, seq: int) -> None:
         await self._catch_up(seq)
-        await self._call(self.sink.flush)
+        await self._call(self.sink.flush, inline=True)
         self.state.flushed_seq = max(self.state.flushed_seq, seq)
         self._notify()
 
-    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Call a sink method in a pool thread; retry with back-off until it succeeds or is cancelled."""
+    async def _call(self, fn: Callable[..., Any], *args: Any, inline: bool = False) -> Any:
+        """Call a sink method in a pool thread; retry with back-off until it succeeds or is cancelled.
+
+        `inline`: a non-blocking sink's `write` or `flush`, called on this thread unless the sink is
+        still busy in a call abandoned at an earlier deadline (its lock is held). `open` and `close`
+        always go to the pool: they may take long (the JSON sink writes its CSV at close), and the
+        end-of-run deadline can only abandon a call that runs in another thread.
+        """
         delay = self._retry.initial_s
         while True:
             try:
-                if self._blocking:
-                    result = await anyio.to_thread.run_sync(self._locked, fn, args, abandon_on_cancel=True)
+                if inline and not self._blocking and self._lock.acquire(blocking=False):
+                    try:
+                        result = fn(*args)
+                    finally:
+                        self._lock.release()
                 else:
-                    result = self._locked(fn, args)
+                    result = await anyio.to_thread.run_sync(self._locked, fn, args, abandon_on_cancel=True)
             except PermanentSinkError:
                 raise
             except Exception as exc:  # a sink may raise anything; it must never kill the lane

@@ -1,8 +1,8 @@
 """The background worker of async mode: drains the queue in batches and feeds one lane per sink.
 
 Runs in its own thread ("tracking-worker") with an anyio event loop inside; sink calls run in anyio's
-thread pool (see `tracking.lane`). Callers only touch it through `request_flush`, `request_stop`
-and the read-only attributes used by `stats()`.
+thread pool, or on this thread for sinks that only write local files (see `tracking.lane`). Callers
+only touch it through `request_flush`, `request_stop` and the read-only attributes used by `stats()`.
 
 The thread is a daemon so that a process whose main thread ends without `end_run()` still exits:
 the atexit hook (`tracking.lifecycle`) flushes and stops it within a deadline, and the daemon flag

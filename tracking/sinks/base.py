@@ -2,10 +2,11 @@
 
 Called from the worker (async mode: a thread of the worker's pool, one call at a time per sink) or
 from the caller's thread (sync mode). Never from two threads at once for one sink instance.
-A sink whose calls only touch local files and return within milliseconds may set the class
-attribute ``blocking = False``: the worker then calls it on its own thread instead of a pool thread,
-which saves two thread switches a batch (each a GIL hand-off the training thread also pays for).
-A sink that talks to a network, or may wait, leaves it out (the default is ``blocking = True``).
+A sink whose ``write`` and ``flush`` only touch local files and return within milliseconds may set
+the class attribute ``blocking = False``: the worker then makes those two calls on its own thread
+instead of a pool thread, which saves two thread switches a batch (each a GIL hand-off the training
+thread also pays for); ``open`` and ``close`` still run in the pool. A sink that talks to a network,
+or may wait, leaves it out (the default is ``blocking = True``).
 
 A sink is any object with these four methods (`Sink` below). For each run it sees, in this order:
 

@@ -16,11 +16,11 @@ The journal, artifacts and figures are written by the core (`tracking.rundir`), 
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import heapq
 import json
 import logging
+import os
 import pickle
 import time
 from pathlib import Path
@@ -38,7 +38,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 STEP_METRICS_FILE = "step_metrics.csv"
 SPILL_FILE = ".step_metrics.spill"
-_SPILL_BLOCK_ROWS = 1024  #: rows pickled together in the spill file
+_SPILL_BLOCK_ROWS = 128  #: rows pickled together in the spill file (what the merge holds per run)
 
 
 class JsonSink:
@@ -48,6 +48,8 @@ class JsonSink:
     blocking = False  # local files only: the worker calls it on its own thread (see sinks.base)
 
     def __init__(self, metrics_interval_s: float = 1.0, max_rows_in_memory: int = 50_000) -> None:
+        if type(max_rows_in_memory) is not int or max_rows_in_memory < 1:
+            raise ValueError(f"max_rows_in_memory must be an int >= 1, got {max_rows_in_memory!r}")
         self.metrics_interval_s = metrics_interval_s
         self.max_rows_in_memory = max_rows_in_memory
         self._run_dir: Path | None = None
@@ -60,7 +62,7 @@ class JsonSink:
         self._columns: dict[str, None] = {}  # insertion-ordered set of metric keys
         self._metrics_dirty = False
         self._last_metrics_write = time.monotonic()
-        self._spilled: list[tuple[int, int]] = []  # (offset, blocks) of each sorted run in the spill file
+        self._spilled: list[list[tuple[int, int]]] = []  # each sorted run's blocks in the spill file
         (self._run_dir / SPILL_FILE).unlink(missing_ok=True)  # a previous open's leftovers
         write_json_atomic(self._run_dir / CONFIG_FILE, self._config)
         self._write_metrics()
@@ -124,44 +126,53 @@ class JsonSink:
 
     def _spill(self) -> None:
         """Append the rows in memory to the spill file as one run sorted by step, then forget them."""
-        path = self._run_dir / SPILL_FILE
-        with open(path, "ab") as fh:
-            offset = fh.tell()
-            items = sorted(self._rows.items())
+        items = sorted(self._rows.items())
+        blocks: list[tuple[int, int]] = []  # (offset, length) of each pickled block of the run
+        with open(self._run_dir / SPILL_FILE, "ab") as fh:
+            start = offset = fh.tell()
             try:
-                for start in range(0, len(items), _SPILL_BLOCK_ROWS):  # blocks: read back one at a time
-                    pickle.dump(items[start:start + _SPILL_BLOCK_ROWS], fh, protocol=pickle.HIGHEST_PROTOCOL)
+                for first in range(0, len(items), _SPILL_BLOCK_ROWS):  # read back a block at a time
+                    data = pickle.dumps(items[first:first + _SPILL_BLOCK_ROWS], protocol=pickle.HIGHEST_PROTOCOL)
+                    fh.write(data)
+                    blocks.append((offset, len(data)))
+                    offset += len(data)
+                fh.flush()
             except BaseException:
-                fh.truncate(offset)  # a retried write/close spills these rows again
+                fh.truncate(start)  # a retried write/close spills these rows again
                 raise
-        self._spilled.append((offset, -(-len(items) // _SPILL_BLOCK_ROWS)))
+        self._spilled.append(blocks)
         self._rows = {}
 
     def _sorted_rows(self) -> Iterator[tuple[int, dict[str, float]]]:
-        """Every (step, row) in step order: the rows in memory merged with the spilled runs."""
-        if not self._spilled:
-            yield from sorted(self._rows.items())
-            return
+        """Every (step, row) in step order: the rows in memory merged with the spilled runs.
+
+        One file descriptor for all runs (`os.pread`), and one block of each run in memory at a
+        time: ~`len(runs) * _SPILL_BLOCK_ROWS` rows however long the run was.
+        """
         in_memory = sorted(self._rows.items())
-        with contextlib.ExitStack() as stack:
-            runs = [_read_run(stack.enter_context(open(self._run_dir / SPILL_FILE, "rb")), offset, blocks)
-                    for offset, blocks in self._spilled]
+        if not self._spilled:
+            yield from in_memory
+            return
+        fd = os.open(self._run_dir / SPILL_FILE, os.O_RDONLY)
+        try:
+            runs = [_read_run(fd, blocks) for blocks in self._spilled]
             merged = heapq.merge(*runs, in_memory, key=lambda item: item[0])
-            step, row = next(merged)
-            row = dict(row)
-            for next_step, next_row in merged:  # a step spilled in two runs gets one row
-                if next_step == step:
-                    row.update(next_row)
+            current = next(merged, None)
+            for step, row in merged:  # a step spilled in two runs gets one row, the later value wins
+                if step == current[0]:
+                    current = (step, {**current[1], **row})
                     continue
-                yield step, row
-                step, row = next_step, next_row
-            yield step, row
+                yield current
+                current = (step, row)
+            if current is not None:
+                yield current
+        finally:
+            os.close(fd)
 
 
-def _read_run(fh: Any, offset: int, blocks: int) -> Iterator[tuple[int, dict[str, float]]]:
-    fh.seek(offset)
-    for _ in range(blocks):
-        yield from pickle.load(fh)
+def _read_run(fd: int, blocks: list[tuple[int, int]]) -> Iterator[tuple[int, dict[str, float]]]:
+    for offset, length in blocks:
+        yield from pickle.loads(os.pread(fd, length, offset))
 
 
 def _csv_value(value: float | None) -> Any:

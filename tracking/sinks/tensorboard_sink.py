@@ -196,6 +196,7 @@ class _EventFile:
         self._size = os.fstat(self._fd).st_size  # bytes of whole writes: where a failed one is cut
         self._pending = bytearray()
         self._due = 0.0  # the time.monotonic() from which an append writes
+        self._pid = os.getpid()  # a forked child's copy must not write the parent's pending bytes
 
     def append(self, data: bytes) -> None:
         if len(self._pending) + len(data) >= self._buffer_bytes or time.monotonic() >= self._due:
@@ -219,7 +220,10 @@ class _EventFile:
         self._due = time.monotonic() + self._interval_s
 
     def close(self) -> None:
-        """Drain, fsync and close; a second call does nothing."""
+        """Drain, fsync and close; a second call does nothing. In a forked child: close only."""
+        if self._fd is not None and os.getpid() != self._pid:
+            os.close(self._fd)  # the parent writes what is pending, at its own size
+            self._fd, self._pending = None, bytearray()
         if self._fd is not None:
             self.drain()
             os.fsync(self._fd)
