@@ -95,6 +95,7 @@ def test_a_producer_faster_than_the_worker_does_not_starve_the_sinks_into_the_jo
     sink.blocking = False  # called on the worker's thread, as the JSON and TensorBoard sinks are
     tracker = make_tracker([sink], batch_max_events=100, max_sink_backlog_events=1_000)
     tracker.start_run()
+    assert tracker.flush(timeout_s=30)  # the sink is open (in the pool) before the producer starts
     for step in range(100_000):
         tracker.log_metric("loss", 0.5, step)
     tracker.end_run()
