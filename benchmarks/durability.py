@@ -42,7 +42,7 @@ from tracking import Tracker
 from tracking.events import METRICS
 from tracking.journal import read_journal
 
-from .harness import interleave, median
+from .harness import interleave, log_batch_peer, median
 
 __all__ = ["run"]
 
@@ -158,24 +158,8 @@ def _torch_tensorboard(base: Path, steps: int) -> tuple[float, Found]:
 
 
 def _log_batch(base: Path, steps: int) -> tuple[float, Found]:
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
     uri = _sqlite_uri(base, "log-batch")
-    client = MlflowClient(tracking_uri=uri)
-    run_id = client.create_run(client.create_experiment(f"lb-{time.monotonic_ns()}")).info.run_id
-    start = time.perf_counter()
-    batch: list[Metric] = []
-    for step in range(steps):
-        ts = int(time.time() * 1000)
-        batch.extend(Metric(k, 0.5, ts, step) for k in KEYS)
-        if len(batch) >= 1000:
-            client.log_batch(run_id, metrics=batch)
-            batch = []
-    if batch:
-        client.log_batch(run_id, metrics=batch)
-    client.set_terminated(run_id)
-    seconds = time.perf_counter() - start
+    run_id, seconds = log_batch_peer(uri, steps, KEYS)
     return seconds, {"mlflow": _count_mlflow(uri, run_id)}
 
 

@@ -9,7 +9,7 @@ import statistics
 import time
 from typing import Callable
 
-__all__ = ["median", "percentile", "per_call_ns", "interleave"]
+__all__ = ["median", "percentile", "per_call_ns", "interleave", "log_batch_peer"]
 
 
 def median(values: list[float]) -> float:
@@ -41,3 +41,28 @@ def interleave(cases: dict[str, Callable[[], float]], repeats: int) -> dict[str,
         for name in order:
             samples[name].append(cases[name]())
     return samples
+
+
+def log_batch_peer(uri: str, steps: int, keys: list[str]) -> tuple[str, float]:
+    """The `MlflowClient.log_batch` peer: a new run in a new experiment at `uri`, then `steps` steps
+    of `keys` at 1,000 metrics a request (MLflow's limit), then the run terminated.
+
+    Returns (MLflow run id, seconds from the first metric built until the run was terminated).
+    """
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment(f"lb-{time.monotonic_ns()}")).info.run_id
+    start = time.perf_counter()
+    batch: list[Metric] = []
+    for step in range(steps):
+        ts = int(time.time() * 1000)
+        batch.extend(Metric(k, 0.5, ts, step) for k in keys)
+        if len(batch) >= 1000:
+            client.log_batch(run_id, metrics=batch)
+            batch = []
+    if batch:
+        client.log_batch(run_id, metrics=batch)
+    client.set_terminated(run_id)
+    return run_id, time.perf_counter() - start

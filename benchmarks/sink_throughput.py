@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from tracking import Tracker
 
-from .harness import interleave, median
+from .harness import interleave, log_batch_peer, median
 
 __all__ = ["run"]
 
@@ -57,23 +57,8 @@ def _ours_mlflow(uri: str, base: Path, n_steps: int) -> float:
 
 
 def _log_batch(uri: str, n_steps: int) -> float:
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    run = client.create_run(client.create_experiment(f"lb-{time.monotonic_ns()}"))
-    start = time.perf_counter()
-    batch: list[Metric] = []
-    for step in range(n_steps):
-        ts = int(time.time() * 1000)
-        batch.extend(Metric(k, 0.5, ts, step) for k in KEYS)
-        if len(batch) >= 1000:
-            client.log_batch(run.info.run_id, metrics=batch)
-            batch = []
-    if batch:
-        client.log_batch(run.info.run_id, metrics=batch)
-    client.set_terminated(run.info.run_id)
-    return n_steps * len(KEYS) / (time.perf_counter() - start)
+    _, seconds = log_batch_peer(uri, n_steps, KEYS)
+    return n_steps * len(KEYS) / seconds
 
 
 def _mlflow_async(uri: str, n_steps: int) -> float:
