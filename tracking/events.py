@@ -97,7 +97,7 @@ def capture_metrics(metrics: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     goes through `coerce_value`, which also says what is wrong with a bad value.
     """
     torch = sys.modules.get("torch")
-    tensor_type = torch.Tensor if torch is not None else _NO_TYPE
+    tensor_type = torch.Tensor if torch is not None else None  # no value's type is None
     values: dict[str, Any] = {}
     kind = METRICS
     for key, value in metrics.items():
@@ -116,13 +116,6 @@ def capture_metrics(metrics: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
                     kind = METRICS_DEFERRED
         values[key] = value
     return kind, values
-
-
-class _NoType:
-    """A type no value has: stands for torch.Tensor while torch is not imported."""
-
-
-_NO_TYPE = _NoType
 
 
 def coerce_value(key: str, value: Any) -> float | CudaScalar:
