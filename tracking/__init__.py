@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .errors import *  # noqa: F401,F403 - the exceptions are part of the public API
 from .errors import __all__ as _errors_all
-from .lane import RetryPolicy
+from .agent.engine import RetryPolicy
 from .sinks import PermanentSinkError, RunContext, Sink
 from .stats import RunReport, TrackerStats
 from .tracker import RunState, Tracker

@@ -13,57 +13,34 @@ from typing import Any, Sequence
 
 import orjson
 
-from .errors import TrackingError
-from .journal import read_journal
-from .rundir import META_FILE, read_meta, write_meta
-from .sinks import RunContext, available_sinks, resolve_sink
+from .agent.cursors import DeliveryStore
+from .agent.replay import DEFAULT_REPLAY_TIMEOUT_S, ReplayError, replay
+from .journal import JournalReader
+from .rundir import META_FILE, read_meta
+from .sinks import available_sinks
 
 __all__ = ["main", "replay"]
 
-_REPLAY_CHUNK = 5000
+
+def _delivery(run_dir: Path, meta: dict[str, Any]) -> tuple[int, dict[str, dict[str, Any]]]:
+    """(the last seq journaled, where each sink stands): the live state files over meta.json's copy."""
+    ended = meta.get("status") in ("FINISHED", "FAILED", "KILLED") and "pending_status" not in meta
+    journaled = int(meta.get("events") or 0) if ended else JournalReader(run_dir).refresh()
+    sinks = {name: dict(report) for name, report in (meta.get("sinks") or {}).items()}
+    for name, state in DeliveryStore(run_dir).load_all().items():
+        merged = sinks.setdefault(name, {})
+        merged.update({k: v for k, v in state.items() if k not in ("checkpoint", "facts")})
+    for report in sinks.values():
+        report["undelivered"] = max(journaled - int(report.get("delivered_seq", 0)), 0)
+    return journaled, sinks
 
 
-def replay(run_dir: str | Path, sink_name: str, tracking_uri: str | None = None) -> int:
-    """Deliver the events `sink_name` has not received yet; returns how many were sent.
-
-    The sink's `delivered_seq` in meta.json says how far it got; it is advanced after each chunk,
-    so replaying twice sends nothing twice.
-    """
-    run_dir = Path(run_dir)
-    meta = read_meta(run_dir)
-    journal = read_journal(run_dir)
-    state = meta.setdefault("sinks", {}).setdefault(sink_name, {})
-    done = int(state.get("delivered_seq", 0))
-    pending = [event for seq, event in journal.events if seq > done]
-    if sink_name == "mlflow" and tracking_uri is None and "***" not in str(meta.get("tracking_uri", "***")):
-        tracking_uri = meta["tracking_uri"]  # the store the run used (a redacted one must be given again)
-    sink = _build_sink(sink_name, tracking_uri)
-    header = journal.header
-    run = RunContext(
-        run_id=meta["run_id"], run_name=meta.get("run_name", "run"), run_dir=run_dir,
-        experiment=meta.get("experiment", "Default"), config=header.get("config", {}),
-        start_time=meta.get("start_time", 0.0), mode="replay", resume=meta,
-    )
-    facts = sink.open(run) or {}
-    for start in range(0, len(pending), _REPLAY_CHUNK):
-        chunk = pending[start:start + _REPLAY_CHUNK]
-        sink.write(chunk)
-        done += len(chunk)
-        state.update(delivered_seq=done, undelivered=len(journal.events) - done)
-        write_meta(run_dir, meta)
-    sink.close(journal.end_status or meta.get("status") or "FINISHED")
-    meta.update(facts)
-    state.update(delivered_seq=done, undelivered=len(journal.events) - done, replayed=True)
-    write_meta(run_dir, meta)
-    return len(pending)
-
-
-def _build_sink(name: str, tracking_uri: str | None) -> Any:
-    if name == "mlflow" and tracking_uri:
-        from .sinks.mlflow_sink import MLflowSink
-
-        return MLflowSink(tracking_uri=tracking_uri)
-    return resolve_sink(name)
+def _status(meta: dict[str, Any], sinks: dict[str, dict[str, Any]]) -> str:
+    status = str(meta.get("status", ""))
+    if "pending_status" in meta:
+        behind = ", ".join(f"{n} {r['undelivered']:,} behind" for n, r in sinks.items() if r["undelivered"])
+        return f"{status} (ended {meta['pending_status']}; delivering{': ' + behind if behind else ''})"
+    return status
 
 
 def _runs(base_dir: Path) -> list[dict[str, Any]]:
@@ -74,7 +51,11 @@ def _runs(base_dir: Path) -> list[dict[str, Any]]:
         except (OSError, ValueError):
             continue
         metrics_path = meta_path.parent / "metrics.json"
-        meta["metrics"] = orjson.loads(metrics_path.read_bytes()) if metrics_path.exists() else {}
+        try:
+            meta["metrics"] = orjson.loads(metrics_path.read_bytes()) if metrics_path.exists() else {}
+        except (OSError, ValueError):
+            meta["metrics"] = {}
+        meta["journaled"], meta["sinks"] = _delivery(meta_path.parent, meta)
         rows.append(meta)
     return rows
 
@@ -88,12 +69,16 @@ def _print_runs(rows: list[dict[str, Any]], metric_keys: Sequence[str]) -> None:
     table = [header]
     for r in rows:
         duration = f"{r['end_time'] - r['start_time']:.1f}" if r.get("end_time") else "-"
-        values = [f"{r['metrics'][k]:.6g}" if k in r["metrics"] else "-" for k in metric_keys]
-        table.append([r["run_id"], r.get("run_name", ""), r.get("status", ""), _fmt_time(r.get("start_time")),
+        values = [_fmt_metric(r["metrics"].get(k)) for k in metric_keys]
+        table.append([r["run_id"], r.get("run_name", ""), _status(r, r["sinks"]), _fmt_time(r.get("start_time")),
                       duration, *values])
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def _fmt_metric(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, (int, float)) else "-"
 
 
 def _show(run: str, base_dir: Path, as_json: bool) -> int:
@@ -101,27 +86,55 @@ def _show(run: str, base_dir: Path, as_json: bool) -> int:
     if not (run_dir / META_FILE).exists():
         print(f"error: no run at {run_dir} (give a run directory, or a run id with --base-dir)", file=sys.stderr)
         return 2
-    meta = read_meta(run_dir)
+    try:
+        meta = read_meta(run_dir)
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot read {run_dir / META_FILE}: {exc}", file=sys.stderr)
+        return 2
+    journaled, sinks = _delivery(run_dir, meta)
+    metrics_path = run_dir / "metrics.json"
     info = {
-        "run_id": meta["run_id"], "status": meta.get("status"), "experiment": meta.get("experiment"),
-        "config": read_journal(run_dir).header.get("config", {}), "tags": meta.get("tags", {}),
-        "metrics": orjson.loads((run_dir / "metrics.json").read_bytes()) if (run_dir / "metrics.json").exists() else {},
-        "sinks": meta.get("sinks", {}),
+        "run_id": meta.get("run_id"), "status": meta.get("status"), "pending_status": meta.get("pending_status"),
+        "experiment": meta.get("experiment"), "config": JournalReader(run_dir).header_only().get("config", {}),
+        "tags": meta.get("tags", {}),
+        "metrics": orjson.loads(metrics_path.read_bytes()) if metrics_path.exists() else {},
+        "journaled": journaled, "sinks": sinks,
     }
     if as_json:
-        sys.stdout.write(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode() + "\n")
+        sys.stdout.write(orjson.dumps(info, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
         return 0
-    for key in ("run_id", "status", "experiment"):
-        print(f"{key}: {info[key]}")
+    print(f"run_id: {info['run_id']}")
+    print(f"status: {_status(meta, sinks)}")
+    print(f"experiment: {info['experiment']}")
     for section in ("config", "tags", "metrics"):
         print(f"{section}:")
         for k, v in info[section].items():
             print(f"  {k}: {v}")
-    print("sinks:")
-    for name, s in info["sinks"].items():
+    print(f"sinks ({journaled} events journaled):")
+    for name, s in sinks.items():
         print(f"  {name}: delivered {s.get('delivered_seq', 0)}, undelivered {s.get('undelivered', 0)}, "
-              f"errors {s.get('errors', 0)}")
+              f"errors {s.get('errors', 0)}, {s.get('state', '?')}")
     return 0
+
+
+def _replay(run_dir: str, sinks: Sequence[str], tracking_uri: str | None, timeout_s: float) -> int:
+    for name in sinks:
+        try:
+            result = replay(run_dir, name, tracking_uri, timeout_s=timeout_s)
+        except ReplayError as exc:
+            print(f"error: cannot replay {run_dir} to {name}: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"error: cannot replay {run_dir} to {name}: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        rejected = f" ({result.rejected} refused by the sink)" if result.rejected else ""
+        print(f"replayed {result.sent} events to {name}{rejected}")
+    return 0
+
+
+def _one_line(exc: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_replay.add_argument("--to", action="append", required=True, metavar="SINK",
                           help=f"sink to deliver to (repeatable): {', '.join(available_sinks())}")
     p_replay.add_argument("--tracking-uri", help="MLflow tracking URI (default: the one the run used)")
+    p_replay.add_argument("--timeout-s", type=float, default=DEFAULT_REPLAY_TIMEOUT_S,
+                          help=f"how long to retry a failing sink before giving up (default {DEFAULT_REPLAY_TIMEOUT_S:g})")
     p_runs = sub.add_parser("runs", help="list runs as a table")
     p_runs.add_argument("base_dir", nargs="?", default="artifacts/runs")
     p_runs.add_argument("--metrics", default="", help="comma-separated metrics to show")
@@ -143,18 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "replay":
-        for name in args.to:
-            try:
-                sent = replay(args.run_dir, name, args.tracking_uri)
-            except (TrackingError, OSError) as exc:
-                print(f"error: cannot replay {args.run_dir} to {name}: {exc}", file=sys.stderr)
-                return 2
-            print(f"replayed {sent} events to {name}")
-        return 0
+        return _replay(args.run_dir, args.to, args.tracking_uri, args.timeout_s)
     if args.command == "runs":
         rows = _runs(Path(args.base_dir))
         if args.json:
-            sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
+            sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
         else:
             _print_runs(rows, [k for k in args.metrics.split(",") if k])
         return 0

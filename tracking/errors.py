@@ -11,6 +11,7 @@ __all__ = [
     "InvalidKeyError",
     "InvalidStepError",
     "InvalidNameError",
+    "InvalidParamError",
     "NoActiveRunError",
     "RunEndedError",
     "RunAlreadyActiveError",
@@ -37,7 +38,12 @@ class InvalidStepError(TrackingError, ValueError):
 
 
 class InvalidNameError(TrackingError, ValueError):
-    """A run or artifact name would leave its directory or is otherwise unusable as a file name."""
+    """A run, artifact, figure or experiment name would leave its directory, is too long for a file
+    name, or is not valid text."""
+
+
+class InvalidParamError(TrackingError, ValueError):
+    """A param or config value can't be recorded: a string that is not valid text, an int past 64 bits."""
 
 
 class NoActiveRunError(TrackingError, RuntimeError):

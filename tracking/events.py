@@ -26,9 +26,9 @@ import numbers
 import operator
 import os
 import sys
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple, Union
 
-from .errors import InvalidKeyError, InvalidMetricError, InvalidNameError, InvalidStepError
+from .errors import InvalidKeyError, InvalidMetricError, InvalidNameError, InvalidParamError, InvalidStepError
 
 __all__ = [
     "METRICS",
@@ -44,10 +44,23 @@ __all__ = [
     "check_key",
     "check_step",
     "check_name",
+    "check_text",
+    "MAX_STEP",
+    "MAX_NAME_BYTES",
+    "PNG_SIGNATURE",
     "copy_params",
     "resolve_deferred",
     "StepResolver",
     "is_finite_all",
+    "Metrics",
+    "Params",
+    "Tag",
+    "Artifact",
+    "Figure",
+    "Experiment",
+    "SinkEvent",
+    "EVENT_TYPES",
+    "sink_event",
 ]
 
 METRICS = "metrics"
@@ -58,6 +71,14 @@ ARTIFACT = "artifact"
 FIGURE = "figure"
 EXPERIMENT = "experiment"
 KINDS = (METRICS, PARAMS, TAG, ARTIFACT, FIGURE, EXPERIMENT)
+
+#: the largest step: a signed 64-bit int, as MLflow's stores and TensorBoard's Event.step hold it
+MAX_STEP = 2**63 - 1
+#: the most UTF-8 bytes of one file or folder name (NAME_MAX on Linux, macOS and Windows file systems)
+MAX_NAME_BYTES = 255
+#: what orjson (so the journal) can hold of an int
+_MIN_INT, _MAX_UINT = -(2**63), 2**64 - 1
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class CudaScalar:
@@ -101,7 +122,7 @@ def capture_metrics(metrics: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     values: dict[str, Any] = {}
     kind = METRICS
     for key, value in metrics.items():
-        if type(key) is not str or not key:
+        if type(key) is not str or not key or not key.isascii():
             check_key(key)
         if type(value) is not float:
             if type(value) is tensor_type and not value.is_cuda:
@@ -128,7 +149,7 @@ def coerce_value(key: str, value: Any) -> float | CudaScalar:
     if torch is not None and tp is torch.Tensor:  # the trainer's case: first, without isinstance
         return _coerce_tensor(key, value, torch)
     if tp is int:
-        return float(value)
+        return _to_float(key, value)
     if tp is bool or tp.__name__ in ("bool_", "bool"):  # numpy 2 names np.bool_ "bool"
         raise InvalidMetricError(
             f"metric value must be a real number, got {_describe(value)} for key {key!r}; "
@@ -137,15 +158,24 @@ def coerce_value(key: str, value: Any) -> float | CudaScalar:
     if torch is not None and isinstance(value, torch.Tensor):
         return _coerce_tensor(key, value, torch)
     if isinstance(value, numbers.Real):  # numpy scalars, Fraction, Decimal-free reals
-        return float(value)
+        return _to_float(key, value)
     np = sys.modules.get("numpy")
     if np is not None and isinstance(value, np.ndarray) and value.ndim == 0:
         if value.dtype.kind in "fiu":
-            return float(value)
+            return _to_float(key, value)
     raise InvalidMetricError(
         f"metric value must be a real number (int, float, numpy scalar or 0-d tensor), "
         f"got {_describe(value)} for key {key!r}"
     )
+
+
+def _to_float(key: str, value: Any) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        raise InvalidMetricError(
+            f"metric value must fit in a float (a double), got {_describe(value)} for key {key!r}"
+        ) from None
 
 
 def _coerce_tensor(key: str, tensor: Any, torch: Any) -> float | CudaScalar:
@@ -163,7 +193,7 @@ def _coerce_tensor(key: str, tensor: Any, torch: Any) -> float | CudaScalar:
     if type(value) is float:
         return value
     if type(value) is int:
-        return float(value)
+        return _to_float(key, value)
     _check_tensor(key, tensor, torch)  # bool or complex: raises with the reason
     raise InvalidMetricError(f"metric value must be a real number, got a {tensor.dtype} tensor for key {key!r}")
 
@@ -181,16 +211,35 @@ def _check_tensor(key: str, tensor: Any, torch: Any) -> None:
 
 
 def check_key(key: Any, what: str = "metric") -> str:
-    """`key` if it is a non-empty string; raises InvalidKeyError otherwise."""
+    """`key` if it is a non-empty string that can be written as text; raises InvalidKeyError otherwise."""
     if type(key) is not str and not isinstance(key, str):
         raise InvalidKeyError(f"{what} key must be a non-empty str, got {_describe(key)}")
     if not key:
         raise InvalidKeyError(f"{what} key must be a non-empty str, got ''")
+    if not key.isascii() and not _is_text(key):
+        raise InvalidKeyError(f"{what} key must be valid text, got {key!r} (it holds a lone surrogate, "
+                              "which no file or server can store; decode bytes with errors='replace')")
     return key
 
 
+def check_text(value: str, what: str) -> str:
+    """`value` if it can be written as UTF-8; raises InvalidNameError otherwise."""
+    if not value.isascii() and not _is_text(value):
+        raise InvalidNameError(f"{what} must be valid text, got {value!r} (it holds a lone surrogate, "
+                               "which no file or server can store; decode bytes with errors='replace')")
+    return value
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_step(step: Any) -> int:
-    """`step` as an int if it is a non-negative integer; raises InvalidStepError otherwise."""
+    """`step` as an int if it is an integer in 0 .. 2**63-1; raises InvalidStepError otherwise."""
     if isinstance(step, bool):
         raise InvalidStepError(f"step must be a non-negative int or None, got {_describe(step)}")
     try:
@@ -201,19 +250,25 @@ def check_step(step: Any) -> int:
         ) from None
     if value < 0:
         raise InvalidStepError(f"step must be a non-negative int or None, got {value}")
+    if value > MAX_STEP:
+        raise InvalidStepError(f"step must be at most 2**63-1 (a signed 64-bit int, as MLflow and "
+                               f"TensorBoard store it), got {value}")
     return value
 
 
-def check_name(name: Any, what: str, allow_subdirs: bool = True) -> str:
+def check_name(name: Any, what: str, allow_subdirs: bool = True, reserve_bytes: int = 0) -> str:
     """`name` if it can name a file or folder inside its parent; raises InvalidNameError otherwise.
 
-    Refuses what could escape the parent: absolute paths, `..` parts and NUL. `/` (sub-folders) is
-    allowed for artifact names, not for run names (`allow_subdirs=False`).
+    Refuses what could escape the parent (absolute paths, `..` parts, NUL), what is not text, and
+    parts longer than a file system holds (`MAX_NAME_BYTES` of UTF-8, less `reserve_bytes` for a
+    suffix the caller adds). `/` (sub-folders) is allowed for artifact names, not for run names
+    (`allow_subdirs=False`).
     """
     if not isinstance(name, str) or not name:
         raise InvalidNameError(f"{what} must be a non-empty str, got {_describe(name)}")
     if "\x00" in name:
         raise InvalidNameError(f"{what} must not contain NUL, got {name!r}")
+    check_text(name, what)
     if os.path.isabs(name) or name.startswith(("/", "\\")):
         raise InvalidNameError(f"{what} must be a relative name, got absolute path {name!r}")
     if not allow_subdirs and ("/" in name or "\\" in name):
@@ -223,24 +278,52 @@ def check_name(name: Any, what: str, allow_subdirs: bool = True) -> str:
         raise InvalidNameError(
             f"{what} must not contain '..', '.' or empty path parts, got {name!r}"
         )
+    limit = MAX_NAME_BYTES - reserve_bytes
+    longest = max(parts, key=lambda part: len(part.encode()))
+    if len(longest.encode()) > limit:
+        raise InvalidNameError(
+            f"{what} {name[:40]!r}... is too long for a file name: a part of it takes "
+            f"{len(longest.encode())} bytes, at most {limit} fit here"
+        )
     return name
 
 
 def copy_params(params: Any, what: str = "params") -> dict[str, Any]:
-    """A structural copy of a params/config mapping, so later mutation doesn't change what was logged."""
+    """A structural copy of a params/config mapping, so later mutation doesn't change what was logged.
+
+    Refuses, at the call, what could not be recorded: keys and strings that are not text, ints
+    outside 64 bits (InvalidParamError names the key).
+    """
     if not isinstance(params, dict):
         raise TypeError(f"{what} must be a dict, got {_describe(params)}")
     for key in params:
         check_key(key, what="param")
-    return _copy(params)
+    return _copy(params, what)
 
 
-def _copy(value: Any) -> Any:
+def _copy(value: Any, where: str) -> Any:
+    tp = type(value)
+    if tp is str:
+        if not value.isascii() and not _is_text(value):
+            raise InvalidParamError(f"{where}: {value!r} is not valid text (a lone surrogate); "
+                                    "decode bytes with errors='replace'")
+        return value
+    if tp is int:
+        if not _MIN_INT <= value <= _MAX_UINT:
+            raise InvalidParamError(f"{where}: the int {value} does not fit in 64 bits; log it as a str")
+        return value
     if isinstance(value, dict):
-        return {str(k): _copy(v) for k, v in value.items()}
+        return {_copy_key(k, where): _copy(v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_copy(v) for v in value]
+        return [_copy(v, f"{where}[{i}]") for i, v in enumerate(value)]
     return value
+
+
+def _copy_key(key: Any, where: str) -> str:
+    text = key if type(key) is str else str(key)
+    if not text.isascii() and not _is_text(text):
+        raise InvalidParamError(f"{where}: the key {text!r} is not valid text (a lone surrogate)")
+    return text
 
 
 def resolve_deferred(event: tuple) -> tuple:
@@ -304,6 +387,71 @@ class StepResolver:
                 if nxt.get(key, 0) < following:
                     nxt[key] = following
         self._seen.clear()
+
+
+class Metrics(NamedTuple):
+    """Metric values at one step, as sinks receive them: the step resolved, every value a float."""
+
+    kind: str  #: METRICS
+    values: dict[str, float]
+    step: int
+    timestamp: float
+
+
+class Params(NamedTuple):
+    """Hyperparameters from `log_params` (a structural copy; nested dicts and lists kept)."""
+
+    kind: str  #: PARAMS
+    params: dict[str, Any]
+    timestamp: float
+
+
+class Tag(NamedTuple):
+    """A tag from `set_tag`, its value as text."""
+
+    kind: str  #: TAG
+    key: str
+    value: str
+    timestamp: float
+
+
+class Artifact(NamedTuple):
+    """A file snapshot from `log_artifact`: `path` is inside the run directory and never changes."""
+
+    kind: str  #: ARTIFACT
+    name: str
+    path: str
+    timestamp: float
+
+
+class Figure(NamedTuple):
+    """A PNG from `log_figure`: `path` is inside the run's `figures/` and never changes."""
+
+    kind: str  #: FIGURE
+    name: str
+    path: str
+    timestamp: float
+
+
+class Experiment(NamedTuple):
+    """An experiment to create (`create_experiment` during a run); MLflow maps it."""
+
+    kind: str  #: EXPERIMENT
+    name: str
+    timestamp: float
+
+
+#: what a sink's `write` receives: one of these (tuples, so `event[0]` is the kind, as before)
+SinkEvent = Union[Metrics, Params, Tag, Artifact, Figure, Experiment]
+EVENT_TYPES: dict[str, type] = {
+    METRICS: Metrics, PARAMS: Params, TAG: Tag, ARTIFACT: Artifact, FIGURE: Figure, EXPERIMENT: Experiment,
+}
+_new = tuple.__new__
+
+
+def sink_event(event: tuple) -> SinkEvent:
+    """The typed form of a prepared event (sync mode; the journal reader builds its own)."""
+    return _new(EVENT_TYPES[event[0]], event)
 
 
 def is_finite_all(values: dict[str, float]) -> bool:

@@ -19,7 +19,7 @@ import threading
 import weakref
 from typing import Any, Protocol
 
-__all__ = ["track", "untrack", "EXIT_TIMEOUT_S"]
+__all__ = ["track", "untrack", "track_links", "EXIT_TIMEOUT_S"]
 
 _logger = logging.getLogger(__name__)
 
@@ -29,10 +29,12 @@ EXIT_TIMEOUT_S = 10.0
 
 class _Endable(Protocol):
     def _end_from_hook(self, status: str, timeout_s: float) -> None: ...
-    def _become_inert_after_fork(self) -> None: ...
+    def _after_fork_in_child(self) -> None: ...
+    def _close_links_at_exit(self) -> None: ...
 
 
-_live: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_live: "weakref.WeakSet[Any]" = weakref.WeakSet()  # trackers with an open run
+_with_agents: "weakref.WeakSet[Any]" = weakref.WeakSet()  # trackers that started delivery agents
 _installed = False
 _signals_installed = False
 # Guards _installed/_signals_installed: two threads starting their first runs at once.
@@ -43,19 +45,31 @@ _uncaught: list[BaseException] = []
 
 def track(tracker: _Endable) -> None:
     """Remember a tracker with an open run, installing the process hooks on first use."""
-    global _installed
     _live.add(tracker)
     with _install_lock:
-        if not _installed:
-            atexit.register(_at_exit)
-            os.register_at_fork(after_in_child=_after_fork_in_child)
-            _wrap_excepthook()
-            _installed = True
+        _install_process_hooks()
         _install_signal_handlers()
+
+
+def _install_process_hooks() -> None:
+    """atexit, the fork hook and the excepthook, once per process (the install lock is held)."""
+    global _installed
+    if not _installed:
+        atexit.register(_at_exit)
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _wrap_excepthook()
+        _installed = True
 
 
 def untrack(tracker: _Endable) -> None:
     _live.discard(tracker)
+
+
+def track_links(tracker: _Endable) -> None:
+    """Remember a tracker that has delivery agents: at exit they are let go, after a fork forgotten."""
+    _with_agents.add(tracker)
+    with _install_lock:
+        _install_process_hooks()
 
 
 def _end_all(status: str) -> None:
@@ -68,6 +82,11 @@ def _end_all(status: str) -> None:
 
 def _at_exit() -> None:
     _end_all("FAILED" if _uncaught else "FINISHED")
+    for tracker in list(_with_agents):
+        try:
+            tracker._close_links_at_exit()
+        except Exception:
+            _logger.exception("tracking: could not let a delivery agent go at exit")
 
 
 def _wrap_excepthook() -> None:
@@ -110,7 +129,7 @@ def _on_signal(signum: int, frame: Any) -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _signals_installed
-    for tracker in list(_live):
-        tracker._become_inert_after_fork()
+    for tracker in {*_live, *_with_agents}:
+        tracker._after_fork_in_child()
     _live.clear()
+    _with_agents.clear()

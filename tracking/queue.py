@@ -1,11 +1,11 @@
-"""The event queue between log calls and the worker: a deque, a memory budget, a full-queue policy.
+"""The event queue between log calls and the writer thread: a deque, a memory budget, a full-queue policy.
 
-`put` runs on the caller's thread (any number of them); `drain` runs on the worker thread only.
+`put` runs on the caller's thread (any number of them); `drain` runs on the writer thread only.
 
 The hot path is `deque.append` plus one length comparison. Both are atomic under the GIL, so the
-producers take no lock; several threads appending keep one global order, which is the order the
-worker hands to sinks. The memory budget is enforced as a maximum length: the worker measures what
-queued events actually weigh and sets `max_events = memory_budget_bytes / bytes_per_event`.
+producers take no lock; several threads appending keep one global order, which is the journal's
+order. The memory budget is enforced as a maximum length: the writer measures what queued events
+actually weigh and sets `max_events = memory_budget_bytes / bytes_per_event`.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ _BLOCK_POLL_S = 0.0005
 class EventQueue:
     """A bounded FIFO of events with an explicit policy for when it is full.
 
-    `wake` is set when the queue holds `wake_at_events` (the worker then drains at once instead of
+    `wake` is set when the queue holds `wake_at_events` (the writer then drains at once instead of
     at its next interval) and whenever a producer hits the limit.
     """
 
@@ -67,7 +67,7 @@ class EventQueue:
             self._on_pressure()
 
     def put_control(self, marker: object) -> None:
-        """Append a control marker (flush, stop); never dropped, never blocks, wakes the worker."""
+        """Append a control marker (flush, stop); never dropped, never blocks, wakes the writer."""
         self._items.append(marker)
         self.set_wake()
 
@@ -75,7 +75,7 @@ class EventQueue:
         return len(self._items)
 
     def set_wake(self) -> None:
-        """Ask the worker to drain now rather than at its next interval (any thread)."""
+        """Ask the writer to drain now rather than at its next interval (any thread)."""
         if not self.wake.is_set():  # setting a set Event costs a lock: ~10x a put, on every put past the limit
             self.wake.set()
 
@@ -89,9 +89,16 @@ class EventQueue:
         self._wait_for_room()
 
     def _drop_newest(self) -> None:
+        items = self._items
         try:
-            self._items.pop()
-        except IndexError:  # the worker drained it all in the meantime
+            newest = items.pop()
+        except IndexError:  # the writer drained it all in the meantime
+            return
+        if type(newest) is not tuple:
+            # Another thread's flush or stop marker, appended after our event: markers are never
+            # dropped (that flush would wait out its deadline). Put it back and drop nothing: the
+            # queue is over its limit by one event per producer at most, until the next drain.
+            items.append(newest)
             return
         self.dropped += 1  # a race between producers can miscount by one; the policy is lossy anyway
 
@@ -100,13 +107,13 @@ class EventQueue:
         while len(self._items) > resume_at:
             if not self._is_consumer_alive():
                 raise QueueClosedError(
-                    "the tracking worker is not running, so the full queue cannot drain; "
-                    "the run was ended or the worker died (see the warnings above)"
+                    "the tracking writer thread is not running, so the full queue cannot drain; "
+                    "the run was ended or the thread died (see the errors logged above)"
                 )
             self.set_wake()
             time.sleep(_BLOCK_POLL_S)
 
-    # -- worker thread ---------------------------------------------------------------------------
+    # -- writer thread ---------------------------------------------------------------------------
 
     def drain(self, limit: int) -> list:
         """Pop up to `limit` items, oldest first."""

@@ -13,6 +13,7 @@ Layout of `{base_dir}/{run_id}/`:
     artifacts/         snapshots taken by `log_artifact`
     figures/           PNGs from `log_figure`
     tensorboard/       written by the TensorBoard sink
+    delivery/          how far each sink has got, and who delivers to it (see `tracking.agent.cursors`)
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import datetime as _dt
 import os
 import secrets
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +29,22 @@ import orjson
 
 from .events import check_name
 
-__all__ = ["new_run_id", "create_run_dir", "write_json_atomic", "write_meta", "read_meta", "META_FILE"]
+__all__ = ["new_run_id", "create_run_dir", "write_json_atomic", "write_meta", "read_meta", "finish_meta", "json_default", "dumps",
+           "META_FILE", "JOURNAL_FILE", "ARTIFACTS_DIR", "FIGURES_DIR", "DELIVERY_DIR"]
 
 META_FILE = "meta.json"
 JOURNAL_FILE = "journal.jsonl"
 ARTIFACTS_DIR = "artifacts"
 FIGURES_DIR = "figures"
+DELIVERY_DIR = "delivery"
+#: what a run id adds to the run name: `_YYYYmmdd_HHMMSS_abcdef`
+_RUN_ID_SUFFIX_BYTES = 23
 
 
 def new_run_id(run_name: str | None, now: _dt.datetime | None = None) -> str:
     """`{run_name}_{YYYYmmdd_HHMMSS}_{6 hex}`: readable, sortable, and unique within one second."""
-    name = "run" if run_name is None else check_name(run_name, "run_name", allow_subdirs=False)
+    name = "run" if run_name is None else check_name(run_name, "run_name", allow_subdirs=False,
+                                                     reserve_bytes=_RUN_ID_SUFFIX_BYTES)
     stamp = (now or _dt.datetime.now()).strftime("%Y%m%d_%H%M%S")
     return f"{name}_{stamp}_{secrets.token_hex(3)}"
 
@@ -51,7 +58,8 @@ def create_run_dir(base_dir: str | os.PathLike, run_id: str) -> Path:
     return run_dir
 
 
-def _default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """What orjson should write for a value JSON has no type for: lists for sets and arrays, else text."""
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
     if hasattr(value, "tolist"):  # numpy arrays and scalars, 0-d tensors
@@ -62,7 +70,7 @@ def _default(value: Any) -> Any:
 def dumps(value: Any, indent: bool = True) -> bytes:
     """orjson with a fallback for what JSON has no type for (paths, numpy, sets: as text or lists)."""
     option = orjson.OPT_INDENT_2 if indent else 0
-    return orjson.dumps(value, default=_default, option=option | orjson.OPT_NON_STR_KEYS)
+    return orjson.dumps(value, default=json_default, option=option | orjson.OPT_NON_STR_KEYS)
 
 
 def write_json_atomic(path: Path, value: Any, raw: bytes | None = None) -> None:
@@ -95,3 +103,44 @@ def write_meta(run_dir: Path, meta: dict[str, Any]) -> None:
 
 def read_meta(run_dir: str | os.PathLike) -> dict[str, Any]:
     return orjson.loads((Path(run_dir) / META_FILE).read_bytes())
+
+
+def finish_meta(
+    run_dir: str | os.PathLike,
+    status: str,
+    events: int,
+    sinks: dict[str, dict[str, Any]],
+    timed_out: bool = False,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Write a run's final meta.json: its status, its event count, and where each sink got to.
+
+    Called by whoever finishes the run's delivery: the tracker at `end_run`, or an agent that
+    finishes it alone (the training process died, or `end_run(background=True)`). `sinks` are the
+    reports of the sinks this caller served; other sinks' entries already in the file are kept.
+    The facts sinks reported (e.g. `mlflow_run_id`) also go at the top level, where users look.
+    """
+    run_dir = Path(run_dir)
+    try:
+        meta = read_meta(run_dir)
+    except (OSError, ValueError):
+        meta = {}
+    merged = dict(meta.get("sinks") or {})
+    merged.update(sinks)
+    for report in sinks.values():
+        meta.update({k: v for k, v in report.items() if k not in _SINK_REPORT_KEYS})
+    meta.update(extra)
+    meta.pop("pending_status", None)
+    meta.update(status=status, events=events, sinks=merged, delivery_timed_out=timed_out)
+    meta.setdefault("end_time", None)
+    if meta["end_time"] is None:
+        meta["end_time"] = time.time()
+    write_meta(run_dir, meta)
+    return meta
+
+
+#: the keys of a sink's report that describe delivery; the others are facts the sink returned
+_SINK_REPORT_KEYS = frozenset({
+    "delivered", "delivered_seq", "committed_seq", "undelivered", "rejected", "lost", "errors", "last_error",
+    "state", "closed", "placement",
+})

@@ -2,16 +2,18 @@
 
 Log calls run on the caller's thread (any thread; several at once): they validate their arguments,
 capture the value as it is now, and append one event to the queue (async mode) or hand it to the
-sinks inline (sync mode). Lifecycle calls (`start_run`, `flush`, `end_run`) also run on the caller's
-thread and talk to the worker through control markers in the same queue.
+journal and the sinks inline (sync mode). Lifecycle calls (`start_run`, `flush`, `end_run`) also
+run on the caller's thread; they drive the active run's parts (`tracking.active_run`).
 
 The hot path is kept flat on purpose: `log_metric` is a few type checks, a dict, a tuple and
-`deque.append`. Everything else (steps, journal, files, network) happens on the worker.
+`deque.append`. Journaling happens on the writer thread; everything else (sinks, encoding,
+retries, catching up) in the delivery agent, another process.
 """
 from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import io
 import logging
 import os
@@ -23,15 +25,21 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import anyio
 
-# The worker imports asyncio lazily through anyio; import it here, on the importing thread, so a
-# fork() that happens while the worker is still importing can't leave the child with a half-imported
-# module (seen: "partially initialized module 'asyncio'" in a forked child's first run).
+# The agent link and the writer use anyio's asyncio backend lazily; import it here, on the
+# importing thread, so a fork() that happens while a thread is still importing can't leave the
+# child with a half-imported module (seen: "partially initialized module 'asyncio'").
 import anyio._backends._asyncio  # noqa: F401
 
 from . import lifecycle
+from .active_run import AsyncRun, RunSettings, SyncRun
+from .agent.engine import RetryPolicy
+from .agent.link import PROCESS, THREAD, AgentLink
+from .agent.protocol import AgentOptions
+from .agent.specs import SinkSpec, plan_sink
 from .errors import (
     ArtifactNotFoundError,
     InvalidKeyError,
+    InvalidNameError,
     NoActiveRunError,
     RunAlreadyActiveError,
     RunEndedError,
@@ -40,28 +48,28 @@ from .events import (
     ARTIFACT,
     EXPERIMENT,
     FIGURE,
+    MAX_STEP,
     METRICS,
     METRICS_DEFERRED,
     PARAMS,
+    PNG_SIGNATURE,
     TAG,
     CudaScalar,
     capture_metrics,
     check_key,
     check_name,
     check_step,
+    check_text,
     coerce_value,
     copy_params,
 )
-from .inline import InlineDispatcher
-from .lane import RetryPolicy, SinkLane
-from .queue import BLOCK, POLICIES, EventQueue
-from .recorder import Recorder
+from .queue import BLOCK, POLICIES
 from .redact import DEFAULT_SECRET_KEY_PATTERNS
 from .rundir import ARTIFACTS_DIR, base_meta, create_run_dir, new_run_id, write_meta
-from .sinks import RunContext, resolve_sink
+from .run_journal import RunJournal
+from .sinks import RunContext, Sink
 from .snapshot import snapshot_file
 from .stats import RunReport, TrackerStats
-from .worker import StopRequest, Worker
 
 __all__ = ["Tracker", "RunState", "MODES", "STATUSES"]
 
@@ -69,8 +77,15 @@ _logger = logging.getLogger(__name__)
 
 MODES = ("async", "sync")
 STATUSES = ("FINISHED", "FAILED", "KILLED")
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _time = time.time
+#: bytes a figure's file name adds to its name (`_{count}.png`), and a snapshot's temporary name
+_FIGURE_SUFFIX_BYTES = 12
+_SNAPSHOT_SUFFIX_BYTES = 24
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
 class RunState(enum.Enum):
@@ -79,7 +94,8 @@ class RunState(enum.Enum):
     IDLE = "idle"  #: no run started yet
     RUNNING = "running"
     ENDED = "ended"  #: the last run ended; start_run() may begin another
-    INERT = "inert"  #: a non-zero rank, or a forked child: log calls are accepted and discarded
+    FORKED = "forked"  #: a forked child: the parent's run is not ours; log calls are discarded until start_run()
+    INERT = "inert"  #: a non-zero rank: log calls are accepted and discarded, runs are not started
 
 
 class Tracker:
@@ -87,19 +103,26 @@ class Tracker:
 
     Args:
         sinks: sink names ("json", "tensorboard", "mlflow", or any `tracking.sinks` entry point),
-            sink classes, or sink instances.
-        mode: "async" (a background worker delivers) or "sync" (sinks run inside each call).
+            sink classes, `(name_or_class, {kwargs})` pairs, or sink instances.
+        mode: "async" (a delivery agent delivers from the journal) or "sync" (sinks run inside each call).
         base_dir: where run directories go: `{base_dir}/{run_id}/`.
         experiment_name: the experiment new runs belong to (`set_experiment` changes it).
+        agent: where async delivery runs: "process" (a delivery agent process, the default) or
+            "thread" (a thread of this process). Sinks that can't leave this process are served
+            on a thread either way.
         memory_budget_bytes: the most memory queued events may take before the full-queue policy applies.
         full_queue_policy: "block" (the caller waits; nothing is lost) or "drop" (counted, reported).
-        batch_interval_s: the longest the worker waits before draining the queue.
-        batch_max_events: the most events the worker takes per batch.
-        max_sink_backlog_events: events a slow sink may have waiting in memory; beyond that it
-            catches up from the journal on disk.
+        batch_interval_s: the longest the writer thread waits before journaling what is queued.
+        batch_max_events: the most events the writer takes per batch.
+        max_sink_backlog_events: fresh events the agent keeps decoded for sinks that keep up; a sink
+            further behind reads the journal on its own.
         flush_timeout_s / end_timeout_s: default deadlines for `flush()` and `end_run()`.
+        end_in_background: the default of `end_run(background=...)`.
+        catch_up_timeout_s: how long an agent left alone (`end_run(background=True)`, or the training
+            process died) keeps delivering before it leaves a sink behind.
         journal_fsync_interval_s: the journal is fsynced at least this often while events arrive.
-        retry: back-off between retries of a failing sink.
+        commit_interval_s: how often each sink's delivery cursor is committed while events flow.
+        retry: back-off between retries of a failing sink, and when to give up.
         rank: this process's rank; default: torch.distributed's, else $RANK, else 0. Only rank 0
             records unless `log_all_ranks` is set; other ranks are inert.
         secret_key_patterns: config, param and tag keys containing any of these (case-insensitive)
@@ -113,6 +136,8 @@ class Tracker:
         mode: str = "async",
         base_dir: str | os.PathLike = "artifacts/runs",
         experiment_name: str = "Default",
+        *,
+        agent: str = PROCESS,
         memory_budget_bytes: int = 64 * 2**20,
         full_queue_policy: str = BLOCK,
         batch_interval_s: float = 0.05,
@@ -120,52 +145,72 @@ class Tracker:
         max_sink_backlog_events: int = 100_000,
         flush_timeout_s: float = 30.0,
         end_timeout_s: float = 30.0,
+        end_in_background: bool = False,
+        catch_up_timeout_s: float = 600.0,
         journal_fsync_interval_s: float = 1.0,
+        commit_interval_s: float = 1.0,
         retry: RetryPolicy | None = None,
         rank: int | None = None,
         log_all_ranks: bool = False,
         secret_key_patterns: Iterable[str] = DEFAULT_SECRET_KEY_PATTERNS,
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if full_queue_policy not in POLICIES:
-            raise ValueError(f"full_queue_policy must be one of {POLICIES}, got {full_queue_policy!r}")
-        if memory_budget_bytes <= 0:
-            raise ValueError(f"memory_budget_bytes must be > 0, got {memory_budget_bytes!r}")
-        self.sinks = [resolve_sink(spec) for spec in sinks]
-        # One per sink, for every run of this tracker: see SinkLane (calls into a sink never overlap).
-        self._sink_locks = [threading.Lock() for _ in self.sinks]
+        _check_choice("mode", mode, MODES)
+        _check_choice("full_queue_policy", full_queue_policy, POLICIES)
+        _check_choice("agent", agent, (PROCESS, THREAD))
+        for name, value in (("memory_budget_bytes", memory_budget_bytes), ("batch_max_events", batch_max_events),
+                            ("max_sink_backlog_events", max_sink_backlog_events)):
+            if type(value) is not int or value <= 0:
+                raise ValueError(f"{name} must be an int > 0, got {value!r}")
+        for name, value in (("batch_interval_s", batch_interval_s), ("flush_timeout_s", flush_timeout_s),
+                            ("end_timeout_s", end_timeout_s), ("catch_up_timeout_s", catch_up_timeout_s),
+                            ("journal_fsync_interval_s", journal_fsync_interval_s),
+                            ("commit_interval_s", commit_interval_s)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+        planned = [plan_sink(spec) for spec in sinks]
+        self.sinks: list[Sink] = [sink for sink, _ in planned]
         names = [s.name for s in self.sinks]
         if len(set(names)) != len(names):
             raise ValueError(f"sink names must be unique within a tracker, got {names}")
+        if agent == THREAD:
+            planned = [(sink, SinkSpec(sink.name, "object", sink)) for sink, _ in planned]
+        self._specs = [spec for _, spec in planned]
+        # One per sink, for every run of this tracker in sync mode: calls into a sink never overlap.
+        self._sink_locks = [threading.Lock() for _ in self.sinks]
         self.mode = mode
+        self.agent = agent
         self.base_dir = Path(base_dir)
         self.experiment_name = self._check_experiment(experiment_name)
         self.memory_budget_bytes = memory_budget_bytes
         self.full_queue_policy = full_queue_policy
-        self.batch_interval_s = batch_interval_s
-        self.batch_max_events = batch_max_events
-        self.max_sink_backlog_events = max_sink_backlog_events
         self.flush_timeout_s = flush_timeout_s
         self.end_timeout_s = end_timeout_s
-        self.journal_fsync_interval_s = journal_fsync_interval_s
+        self.end_in_background = bool(end_in_background)
         self.retry = retry or RetryPolicy()
+        self.settings = RunSettings(
+            memory_budget_bytes=memory_budget_bytes, full_queue_policy=full_queue_policy,
+            batch_interval_s=batch_interval_s, batch_max_events=batch_max_events,
+            journal_fsync_interval_s=journal_fsync_interval_s, commit_interval_s=commit_interval_s,
+            retry=self.retry,
+        )
+        self._agent_options = AgentOptions(retry=self.retry, commit_interval_s=commit_interval_s,
+                                           max_sink_backlog_events=max_sink_backlog_events,
+                                           catch_up_timeout_s=catch_up_timeout_s)
         self.rank = _detect_rank() if rank is None else rank
         self.secret_key_patterns = tuple(p.lower() for p in secret_key_patterns)
         self.run_id: str | None = None
         self.last_report: RunReport | None = None
         self._experiments: list[str] = []
         self._run_dir: Path | None = None
-        self._queue: EventQueue | None = None
-        self._worker: Worker | None = None
-        self._inline: InlineDispatcher | None = None
-        self._recorder: Recorder | None = None
+        self._active: AsyncRun | SyncRun | None = None
+        self._links: list[AgentLink] | None = None  # built by the first async run, reused by later ones
         # Guards the run's lifecycle (start/end/fork): never taken by log calls.
         self._lifecycle_lock = threading.RLock()
         self.state = RunState.IDLE
         self._emit = self._no_run
         if self.rank != 0 and not log_all_ranks:
-            self._go_inert()
+            self.state = RunState.INERT
+            self._emit = self._discard
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -191,110 +236,100 @@ class Tracker:
         write_meta(run_dir, meta)
         header = {"run_id": run_id, "run_name": run_name, "experiment": self.experiment_name,
                   "config": config, "start_time": start}
-        recorder = Recorder(run_dir, header, meta, self.journal_fsync_interval_s)
+        journal = RunJournal(run_dir, header, self.settings.journal_fsync_interval_s, self.settings.hold_events)
         run = RunContext(run_id=run_id, run_name=run_name, run_dir=run_dir, experiment=self.experiment_name,
                          config=config, start_time=start, mode=self.mode, experiments=tuple(self._experiments),
                          secret_key_patterns=self.secret_key_patterns)
         if self.mode == "sync":
-            self._inline = InlineDispatcher(recorder, self.sinks, run)
-            recorder.note_facts({s.name: s.facts for s in self._inline.states})
-            self._emit = self._inline.emit
+            self._active = SyncRun(run, journal, list(zip(self.sinks, self._sink_locks)), self.settings)
         else:
-            self._start_worker(recorder, run)
-        self.run_id, self._run_dir, self._recorder = run_id, run_dir, recorder
+            self._active = AsyncRun(run, journal, self._agent_links(), [s.name for s in self.sinks], self.settings)
+        self.run_id, self._run_dir = run_id, run_dir
         self.state = RunState.RUNNING
+        self._emit = self._active.emit
         lifecycle.track(self)
 
-    def _start_worker(self, recorder: Recorder, run: RunContext) -> None:
-        worker: Worker | None = None
-        queue = EventQueue(
-            self.memory_budget_bytes, self.full_queue_policy, wake_at_events=self.batch_max_events,
-            is_consumer_alive=lambda: worker is not None and worker.is_alive(),
-        )
-        lanes: list[SinkLane] = []
-        worker = Worker(queue, recorder, lanes, self.batch_interval_s, self.batch_max_events)
-        lanes.extend(
-            SinkLane(sink, run, recorder, self.retry, self.max_sink_backlog_events, worker.notify, lock)
-            for sink, lock in zip(self.sinks, self._sink_locks)
-        )
-        worker.lanes = lanes
-        worker.start()
-        self._queue, self._worker = queue, worker
-        self._emit = queue.put
+    def _agent_links(self) -> list[AgentLink]:
+        """The delivery agents of this tracker: one process for the sinks that can travel, one
+        thread for those that can't (each only if it has sinks)."""
+        if self._links is None:
+            portable = [spec for spec in self._specs if spec.portable]
+            local = [spec for spec in self._specs if not spec.portable]
+            links = []
+            if portable:
+                links.append(AgentLink(portable, self._agent_options, PROCESS))
+            if local:
+                objects = {spec.name: spec.target for spec in local}
+                links.append(AgentLink(local, self._agent_options, THREAD, objects=objects))
+            self._links = links
+            lifecycle.track_links(self)
+        return self._links
 
-    def end_run(self, status: str = "FINISHED", timeout_s: float | None = None) -> RunReport | None:
-        """End the active run: flush within `timeout_s`, close the sinks, report what did not arrive.
+    def end_run(self, status: str = "FINISHED", timeout_s: float | None = None,
+                background: bool | None = None) -> RunReport | None:
+        """End the active run: deliver within `timeout_s`, close the sinks, report what did not arrive.
 
+        `background=True` returns at once: the delivery agent finishes the slow sinks on its own
+        (within `catch_up_timeout_s`), also after this process exits, and writes the run's final
+        status when it is done; `python -m tracking show` says how far it is meanwhile.
         Idempotent: without an active run it returns the last run's report (None if there was none).
         """
-        if status not in STATUSES:
-            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        _check_choice("status", status, STATUSES)
         timeout_s = self.end_timeout_s if timeout_s is None else timeout_s
+        background = self.end_in_background if background is None else bool(background)
         with self._lifecycle_lock:
             if self.state is not RunState.RUNNING:
                 return self.last_report
             self._emit = self._run_ended  # from here on, log calls raise instead of being lost
             self.state = RunState.ENDED
-            report = self._stop(status, timeout_s)
+            report = self._active.end(status, timeout_s, background and self.mode == "async")
             self.last_report = report
-            self._worker = self._inline = self._queue = None
+            self._active = None
             lifecycle.untrack(self)
-        if not report.complete or report.timed_out:
+        if report.background:
+            _logger.info("tracking: %s", report.summary())
+        elif not report.complete or report.timed_out:
             _logger.warning("tracking: %s", report.summary())
         return report
 
-    def _stop(self, status: str, timeout_s: float) -> RunReport:
-        if self._inline is not None:
-            return self._inline.stop(status, dropped=0)
-        stop = StopRequest(status=status, deadline=time.monotonic() + timeout_s, dropped=self._queue.dropped)
-        report = self._worker.request_stop(stop)
-        if report is None:
-            report = self._salvage(status)
-        return report
-
-    def _salvage(self, status: str) -> RunReport:
-        """The worker died: journal what is still queued, here, so replay can deliver it."""
-        worker, queue = self._worker, self._queue
-        if worker.is_alive():  # stuck past its own deadline (should not happen): don't race it
-            return RunReport(self.run_id, self._run_dir, status, self._recorder.last_seq, queue.dropped,
-                             {l.state.name: l.state.report(self._recorder.last_seq) for l in worker.lanes},
-                             timed_out=True)
-        events = [item for item in queue.drain(len(queue)) if type(item) is tuple]
-        if events:
-            self._recorder.record(events)
-        return self._recorder.finish(status, [l.state for l in worker.lanes], queue.dropped, timed_out=True)
+    def close(self, timeout_s: float | None = None) -> None:
+        """End the active run (if any) and let the delivery agents go once they are done."""
+        self.end_run(timeout_s=timeout_s)
+        links, self._links = self._links, None
+        for link in links or ():
+            link.close()
 
     def _end_from_hook(self, status: str, timeout_s: float) -> None:
         """Called by the atexit hook and signal handlers (tracking.lifecycle)."""
         if self.state is RunState.RUNNING:
             self.end_run(status, timeout_s=min(timeout_s, self.end_timeout_s))
 
-    def _become_inert_after_fork(self) -> None:
-        """In a forked child: forget the parent's run without touching its files or threads."""
-        # Locks may have been held by another parent thread at fork time (the worker in the middle
-        # of a sink call, say); that thread does not exist here, so fresh ones are the safe ones.
+    def _close_links_at_exit(self) -> None:
+        """At interpreter exit: agent processes go on alone; agent threads get their Shutdown."""
+        for link in self._links or ():
+            link.close()
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: forget the parent's run and agents without touching their files or threads."""
+        # Locks may have been held by another parent thread at fork time (the writer in the middle
+        # of a call, say); that thread does not exist here, so fresh ones are the safe ones.
         self._lifecycle_lock = threading.RLock()
         self._sink_locks = [threading.Lock() for _ in self.sinks]
-        if self._queue is not None:
-            self._queue.discard_all()
-        self._worker = self._inline = self._queue = self._recorder = None
-        self.run_id = None
-        self.state = RunState.IDLE
-        self._emit = self._discard
-
-    def _go_inert(self) -> None:
-        self.state = RunState.INERT
-        self._emit = self._discard
+        if self._active is not None:
+            self._active.forget_after_fork()
+        for link in self._links or ():
+            link.forget_after_fork()
+        self._active, self._links = None, None
+        if self.state is RunState.RUNNING:
+            self.run_id = None
+            self.state = RunState.FORKED
+            self._emit = self._discard
 
     def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until everything logged so far reached every healthy sink; False if `timeout_s` passed."""
         timeout_s = self.flush_timeout_s if timeout_s is None else timeout_s
-        worker, inline = self._worker, self._inline
-        if worker is not None:
-            return worker.request_flush(timeout_s)
-        if inline is not None:
-            return inline.flush()
-        return True
+        active = self._active
+        return active.flush(timeout_s) if active is not None else True
 
     async def aflush(self, timeout_s: float | None = None) -> bool:
         """`flush()` for asyncio or trio code: waits in a thread, so the event loop keeps running."""
@@ -323,9 +358,9 @@ class Tracker:
 
     def log_metric(self, key: str, value: Any, step: int | None = None) -> None:
         """Log one metric value (int, float, numpy scalar or 0-d tensor) at `step`."""
-        if type(key) is not str or not key:
+        if type(key) is not str or not key or not key.isascii():
             check_key(key)
-        if step is not None and (type(step) is not int or step < 0):
+        if step is not None and (type(step) is not int or not 0 <= step <= MAX_STEP):
             step = check_step(step)
         if type(value) is not float:
             value = coerce_value(key, value)
@@ -338,7 +373,7 @@ class Tracker:
         """Log several metrics at one step; they travel as one event."""
         if type(metrics) is not dict and not isinstance(metrics, Mapping):
             raise TypeError(f"metrics must be a dict of name -> number, got {type(metrics).__name__}")
-        if step is not None and (type(step) is not int or step < 0):
+        if step is not None and (type(step) is not int or not 0 <= step <= MAX_STEP):
             step = check_step(step)
         kind, values = capture_metrics(metrics)
         if values:
@@ -351,7 +386,7 @@ class Tracker:
     def set_tag(self, key: str, value: Any) -> None:
         """Set a tag (kept as text) on the run."""
         check_key(key, what="tag")
-        self._emit((TAG, key, value if type(value) is str else str(value), _time()))
+        self._emit((TAG, key, check_text(value if type(value) is str else str(value), "tag value"), _time()))
 
     def log_artifact(self, local_path: str | os.PathLike, artifact_name: str | None = None) -> None:
         """Keep a copy of a file, as it is now, under the run's `artifacts/` (and in MLflow).
@@ -367,9 +402,16 @@ class Tracker:
             raise ArtifactNotFoundError(
                 f"log_artifact: {str(source)!r} is not an existing file (cwd: {os.getcwd()})"
             )
-        name = check_name(artifact_name if artifact_name is not None else source.name, "artifact_name")
+        name = check_name(artifact_name if artifact_name is not None else source.name, "artifact_name",
+                          reserve_bytes=_SNAPSHOT_SUFFIX_BYTES)
         destination = run_dir / ARTIFACTS_DIR / name
-        snapshot_file(source, destination)
+        try:
+            snapshot_file(source, destination)
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                raise InvalidNameError(f"log_artifact: the path {str(destination)[:60]!r}... is too long for "
+                                       "this file system; use a shorter artifact_name") from None
+            raise
         self._emit((ARTIFACT, name, str(destination), _time()))
 
     def log_figure(self, figure: Any, name: str) -> None:
@@ -378,7 +420,7 @@ class Tracker:
         A matplotlib figure is rendered here, on the caller's thread: matplotlib is not thread-safe
         and the figure may be changed right after the call. PNG bytes are taken as they are.
         """
-        check_name(name, "figure name")
+        check_name(name, "figure name", reserve_bytes=_FIGURE_SUFFIX_BYTES)
         self._require_run_dir()
         self._emit((FIGURE, name, _png_bytes(figure), _time()))
 
@@ -407,25 +449,10 @@ class Tracker:
 
     def stats(self) -> TrackerStats:
         """A snapshot of the queue and of every sink's delivery (the last run's, once it ended)."""
-        recorder, queue, worker, inline = self._recorder, self._queue, self._worker, self._inline
-        if worker is None and inline is None:
-            return self._stats_from_report(self.last_report)
-        states = [lane.state for lane in worker.lanes] if worker is not None else inline.states
-        depth = len(queue) if queue is not None else 0
-        last_seq = recorder.last_seq
-        return TrackerStats(
-            queue_depth=depth,
-            enqueued=last_seq + depth,
-            dropped=queue.dropped if queue is not None else 0,
-            delivered={s.name: s.delivered for s in states},
-            undelivered={s.name: max(last_seq - s.delivered_seq, 0) for s in states},
-            sink_errors={s.name: s.errors for s in states},
-            worker_lag_s=worker.lag_s if worker is not None else 0.0,
-            journal_errors=recorder.journal_errors,
-        )
-
-    @staticmethod
-    def _stats_from_report(report: RunReport | None) -> TrackerStats:
+        active = self._active
+        if active is not None:
+            return active.stats()
+        report = self.last_report
         sinks = report.sinks if report is not None else {}
         return TrackerStats(
             queue_depth=0,
@@ -436,15 +463,20 @@ class Tracker:
             sink_errors={n: s["errors"] for n, s in sinks.items()},
             worker_lag_s=0.0,
             journal_errors=0,
+            agent_pid=next((link.pid for link in self._links or () if link.kind == PROCESS), None),
+            cursors={n: s["delivered_seq"] for n, s in sinks.items()},
+            placement={n: s.get("placement", "?") for n, s in sinks.items()},
+            journaled=report.events if report is not None else 0,
         )
 
     # -- internals ------------------------------------------------------------------------------------
 
     def _require_run_dir(self) -> Path | None:
-        """The active run's directory; None when inert; raises when there is no active run."""
-        if self.state is RunState.RUNNING:
+        """The active run's directory; None when log calls are discarded; raises without a run."""
+        state = self.state
+        if state is RunState.RUNNING:
             return self._run_dir
-        if self._emit == self._discard:
+        if state is RunState.INERT or state is RunState.FORKED:
             return None
         self._emit(None)  # raises the error that fits the state (no run yet / run ended)
         raise NoActiveRunError("no active run: call start_run() before logging")
@@ -462,12 +494,12 @@ class Tracker:
     def _check_experiment(name: Any) -> str:
         if not isinstance(name, str) or not name.strip():
             raise InvalidKeyError(f"experiment name must be a non-empty str, got {name!r}")
-        return name
+        return check_text(name, "experiment name")
 
 
 def _png_bytes(figure: Any) -> bytes:
     if isinstance(figure, (bytes, bytearray)):
-        if not bytes(figure[:8]) == _PNG_SIGNATURE:
+        if not bytes(figure[:8]) == PNG_SIGNATURE:
             raise ValueError("log_figure: bytes given are not a PNG image (bad signature)")
         return bytes(figure)
     if not callable(getattr(figure, "savefig", None)):

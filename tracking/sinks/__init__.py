@@ -5,15 +5,18 @@
 from __future__ import annotations
 
 import importlib
+import re
 from importlib.metadata import entry_points
 from typing import Any
 
 from ..errors import UnknownSinkError
 from .base import PermanentSinkError, RunContext, Sink
 
-__all__ = ["Sink", "RunContext", "PermanentSinkError", "resolve_sink", "available_sinks", "ENTRY_POINT_GROUP"]
+__all__ = ["Sink", "RunContext", "PermanentSinkError", "resolve_sink", "load_sink_class", "available_sinks",
+           "ENTRY_POINT_GROUP"]
 
 ENTRY_POINT_GROUP = "tracking.sinks"
+_SINK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}")
 
 # The built-ins, so a source checkout works before `pip install -e .` has registered entry points.
 _BUILTIN = {
@@ -28,7 +31,8 @@ def available_sinks() -> list[str]:
     return sorted(set(_BUILTIN) | {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
 
 
-def _load_class(name: str) -> Any:
+def load_sink_class(name: str) -> Any:
+    """The sink class registered under `name` (an entry point, or a built-in)."""
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == name:
             return ep.load()
@@ -44,7 +48,7 @@ def _load_class(name: str) -> Any:
 def resolve_sink(spec: Any) -> Sink:
     """A sink instance from a name, a sink class, or an instance."""
     if isinstance(spec, str):
-        spec = _load_class(spec)
+        spec = load_sink_class(spec)
     if isinstance(spec, type):
         spec = spec()
     missing = [m for m in ("open", "write", "flush", "close") if not callable(getattr(spec, m, None))]
@@ -53,6 +57,10 @@ def resolve_sink(spec: Any) -> Sink:
             f"{type(spec).__name__} is not a sink: it lacks {', '.join(missing)} "
             "(see tracking.sinks.base.Sink)"
         )
-    if not getattr(spec, "name", None):
-        raise TypeError(f"{type(spec).__name__} is not a sink: it needs a non-empty `name` attribute")
+    name = getattr(spec, "name", None)
+    if not name or not isinstance(name, str):
+        raise TypeError(f"{type(spec).__name__} is not a sink: it needs a non-empty str `name` attribute")
+    if not _SINK_NAME.fullmatch(name):
+        raise ValueError(f"sink name {name!r} must be letters, digits, '_', '-' or '.' (it names files "
+                         "under the run's delivery/ folder and the replay command's --to)")
     return spec

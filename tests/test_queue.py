@@ -1,0 +1,68 @@
+"""The event queue (tracking.queue): the full-queue policies, and control markers that no policy drops."""
+from __future__ import annotations
+
+import threading
+import time
+
+from tracking.queue import DROP, EventQueue
+
+
+class Marker:
+    pass
+
+
+def test_drop_policy_never_drops_another_threads_marker():
+    """The newest item may be a flush marker another thread put right after our event: it stays."""
+    queue = EventQueue(64 * 1024, DROP)
+    while len(queue) < queue.max_events:
+        queue.put(("metrics", {"x": 1.0}, None, 0.0))
+    marker = Marker()
+    queue.put_control(marker)
+    for _ in range(100):
+        queue.put(("metrics", {"x": 2.0}, None, 0.0))
+    items = queue.drain(len(queue))
+    assert items.count(marker) == 1 and queue.dropped > 0
+
+
+def test_drop_policy_under_two_flooding_threads_keeps_every_marker():
+    queue = EventQueue(16 * 1024, DROP)
+    stop = threading.Event()
+
+    def flood():
+        while not stop.is_set():
+            queue.put(("metrics", {"x": 1.0}, None, 0.0))
+
+    threads = [threading.Thread(target=flood) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    markers, seen = [Marker() for _ in range(200)], []
+    try:
+        for marker in markers:
+            queue.put_control(marker)
+            seen += [item for item in queue.drain(len(queue)) if type(item) is Marker]
+            time.sleep(0.0005)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    seen += [item for item in queue.drain(len(queue)) if type(item) is Marker]
+    assert seen == markers and queue.dropped > 0
+
+
+def test_block_policy_waits_for_room_and_loses_nothing():
+    queue = EventQueue(16 * 1024, "block")
+    received: list = []
+    done = threading.Event()
+
+    def consume():
+        while not done.is_set() or len(queue):
+            received.extend(queue.drain(100))
+            time.sleep(0.0005)
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    for i in range(5000):
+        queue.put(("metrics", {"x": float(i)}, i, 0.0))
+    done.set()
+    consumer.join()
+    assert [e[2] for e in received] == list(range(5000)) and queue.dropped == 0

@@ -1,0 +1,229 @@
+"""An active run's parts, wired in one direction: log calls -> journal -> delivery -> sinks.
+
+Built and driven on the caller's thread by `Tracker` (start_run, flush, end_run, stats); `emit`
+is the log calls' way in, on any thread. `AsyncRun` owns the writer thread and talks to the
+tracker's delivery agents (`tracking.agent.link`); `SyncRun` runs the same engine inline.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .agent.engine import RetryPolicy, replay_command
+from .agent.inline import InlineDelivery
+from .agent.link import AgentLink
+from .agent.protocol import EndRun
+from .queue import BLOCK
+from .rundir import finish_meta, read_meta, write_meta
+from .run_journal import RunJournal
+from .sinks.base import RunContext, Sink
+from .stats import RunReport, TrackerStats
+
+__all__ = ["AsyncRun", "SyncRun", "RunSettings"]
+
+_logger = logging.getLogger(__name__)
+
+#: how much longer than its own deadline the tracker waits for an agent's end-of-run answer
+_ANSWER_MARGIN_S = 2.0
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The tracker's settings that a run's parts use."""
+
+    memory_budget_bytes: int = 64 * 2**20
+    full_queue_policy: str = BLOCK
+    batch_interval_s: float = 0.05
+    batch_max_events: int = 10_000
+    journal_fsync_interval_s: float = 1.0
+    commit_interval_s: float = 1.0
+    retry: RetryPolicy = RetryPolicy()
+
+    @property
+    def hold_events(self) -> int:
+        """Events held in memory while the journal's disk is full: about the queue's budget."""
+        return max(self.memory_budget_bytes // 400, 1000)
+
+
+def _missing_report(last_seq: int, error: str) -> dict[str, Any]:
+    return {"delivered": 0, "delivered_seq": 0, "committed_seq": 0, "undelivered": last_seq, "rejected": 0,
+            "lost": 0, "errors": 0, "last_error": error, "state": "unknown", "closed": False, "placement": "?"}
+
+
+class AsyncRun:
+    """Async mode: the writer thread journals, the agents deliver."""
+
+    def __init__(self, run: RunContext, run_journal: RunJournal, links: Sequence[AgentLink],
+                 sink_names: Sequence[str], settings: RunSettings) -> None:
+        from .writer import WriterThread
+
+        self.run, self.journal, self.links = run, run_journal, list(links)
+        self.sink_names = list(sink_names)
+        self.writer = WriterThread(run_journal, [link.wake for link in self.links], settings.memory_budget_bytes,
+                                   settings.full_queue_policy, settings.batch_interval_s, settings.batch_max_events)
+        for link in self.links:
+            link.start()
+            link.open_run(run)
+        self.writer.start()
+        self.emit: Callable[[Any], None] = self.writer.queue.put
+
+    def flush(self, timeout_s: float | None) -> bool:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        marker = self.writer.request_flush(timeout_s)
+        if marker is None or not marker.complete:
+            return False
+        waiters = [link.flush(self.run.run_id, marker.seq) for link in self.links]
+        for waiter in waiters:
+            answer = waiter.wait(None if deadline is None else deadline - time.monotonic())
+            if answer is None or not answer.ok:
+                return False
+        return True
+
+    def end(self, status: str, timeout_s: float, background: bool) -> RunReport:
+        deadline = time.monotonic() + timeout_s
+        last_seq = self._close_journal(status, timeout_s)
+        extra = {"dropped": self.writer.queue.dropped, "tags": dict(self.journal.tags),
+                 "disk_dropped": self.journal.disk_dropped, "end_time": time.time()}
+        if background:
+            return self._end_in_background(status, last_seq, deadline, extra)
+        waiters = [(link, link.end_run(EndRun(self.run.run_id, status, last_seq, max(deadline - time.monotonic(), 0))))
+                   for link in self.links]
+        sinks: dict[str, dict[str, Any]] = {}
+        timed_out = False
+        for link, waiter in waiters:
+            answer = waiter.wait(max(deadline - time.monotonic(), 0) + _ANSWER_MARGIN_S)
+            if answer is None:
+                timed_out = True
+                link.forget_run(self.run.run_id)
+                sinks.update(link.progress(self.run.run_id))
+            else:
+                timed_out |= answer.timed_out
+                sinks.update(answer.sinks)
+        sinks = self._complete(sinks, last_seq)
+        finish_meta(self.run.run_dir, status, last_seq, sinks, timed_out, **extra)
+        return _report(self.run, status, last_seq, extra, sinks, timed_out)
+
+    def _close_journal(self, status: str, timeout_s: float) -> int:
+        """Journal what is queued and write the end line; the caller does it if the writer is dead."""
+        stop = self.writer.request_stop(status, timeout_s)
+        if stop is not None:
+            return stop.seq
+        if not self.writer.is_alive():  # it crashed (logged): journal what is still queued, here
+            queued = [item for item in self.writer.queue.drain(len(self.writer.queue)) if type(item) is tuple]
+            if queued:
+                self.journal.record(queued)
+            self.journal.close(status)
+            for link in self.links:
+                link.wake()
+        return self.journal.last_seq
+
+    def _end_in_background(self, status: str, last_seq: int, deadline: float, extra: dict[str, Any]) -> RunReport:
+        """Sinks served in this process are waited for; the agent process finishes the rest alone."""
+        process = [link for link in self.links if link.kind == "process"]
+        local = [link for link in self.links if link.kind != "process"]
+        done: dict[str, dict[str, Any]] = {}
+        for link in local:
+            answer = link.end_run(EndRun(self.run.run_id, status, last_seq, max(deadline - time.monotonic(), 0))).wait(
+                max(deadline - time.monotonic(), 0) + _ANSWER_MARGIN_S)
+            done.update(answer.sinks if answer is not None else link.progress(self.run.run_id))
+        if not process:
+            sinks = self._complete(done, last_seq)
+            finish_meta(self.run.run_dir, status, last_seq, sinks, False, **extra)
+            return _report(self.run, status, last_seq, extra, sinks, False)
+        meta = read_meta(self.run.run_dir)
+        meta.update(pending_status=status, end_time=extra["end_time"], events=last_seq)
+        write_meta(self.run.run_dir, meta)
+        for link in process:
+            link.end_run(EndRun(self.run.run_id, status, last_seq, 0.0, background=True,
+                                meta={**extra, "other_sinks": done}))
+            link.forget_run(self.run.run_id)
+        sinks = dict(done)
+        for link in process:
+            sinks.update(link.progress(self.run.run_id))
+        report = _report(self.run, status, last_seq, extra, self._complete(sinks, last_seq), False)
+        report.background, report.replay_commands = True, []
+        return report
+
+    def _complete(self, sinks: dict[str, dict[str, Any]], last_seq: int) -> dict[str, dict[str, Any]]:
+        """Every sink of the tracker has a report, also one no agent could build or answer for."""
+        errors = {name: error for link in self.links for name, error in link.config_errors.items()}
+        out = {}
+        for name in self.sink_names:
+            report = sinks.get(name)
+            if report is None:
+                report = _missing_report(last_seq, errors.get(name, "no report from its delivery agent"))
+            out[name] = {**report, "undelivered": max(last_seq - int(report.get("delivered_seq", 0)), 0)}
+        return out
+
+    def stats(self) -> TrackerStats:
+        sinks: dict[str, dict[str, Any]] = {}
+        for link in self.links:
+            sinks.update(link.progress(self.run.run_id))
+        queue, last = self.writer.queue, self.journal.last_seq
+        sinks = self._complete(sinks, last)
+        agent_pid = next((link.pid for link in self.links if link.kind == "process"), None)
+        return _stats(sinks, last, len(queue), queue.dropped, self.writer.lag_s, self.journal, agent_pid)
+
+    def forget_after_fork(self) -> None:
+        self.writer.queue.discard_all()
+        for link in self.links:
+            link.forget_after_fork()
+
+
+class SyncRun:
+    """Sync mode: the journal and every sink inside each log call (the baseline)."""
+
+    def __init__(self, run: RunContext, run_journal: RunJournal, sinks: Sequence[tuple[Sink, Any]],
+                 settings: RunSettings) -> None:
+        self.run, self.journal = run, run_journal
+        self.delivery = InlineDelivery(run_journal, sinks, run, settings.retry, settings.commit_interval_s)
+        self.emit: Callable[[Any], None] = self.delivery.emit
+
+    def flush(self, timeout_s: float | None) -> bool:
+        return self.delivery.flush(timeout_s)
+
+    def end(self, status: str, timeout_s: float, background: bool) -> RunReport:
+        last_seq, sinks, timed_out = self.delivery.stop(status, timeout_s)
+        extra = {"dropped": 0, "tags": dict(self.journal.tags), "disk_dropped": self.journal.disk_dropped,
+                 "end_time": time.time()}
+        finish_meta(self.run.run_dir, status, last_seq, sinks, timed_out, **extra)
+        return _report(self.run, status, last_seq, extra, sinks, timed_out)
+
+    def stats(self) -> TrackerStats:
+        last = self.journal.last_seq
+        sinks = {slot.name: slot.report(last) for slot in self.delivery.slots}
+        return _stats(sinks, last, 0, 0, 0.0, self.journal, None)
+
+    def forget_after_fork(self) -> None:
+        self.delivery.store.forget_after_fork()
+
+
+def _report(run: RunContext, status: str, last_seq: int, extra: dict[str, Any],
+            sinks: dict[str, dict[str, Any]], timed_out: bool) -> RunReport:
+    report = RunReport(run_id=run.run_id, run_dir=Path(run.run_dir), status=status, events=last_seq,
+                       dropped=extra["dropped"], sinks=sinks, timed_out=timed_out,
+                       disk_dropped=extra["disk_dropped"])
+    report.replay_commands = [replay_command(run.run_dir, name) for name, s in sinks.items() if s["undelivered"]]
+    return report
+
+
+def _stats(sinks: dict[str, dict[str, Any]], last: int, depth: int, dropped: int, lag_s: float,
+           journal: RunJournal, agent_pid: int | None) -> TrackerStats:
+    return TrackerStats(
+        queue_depth=depth,
+        enqueued=last + journal.held + depth,
+        dropped=dropped,
+        delivered={n: s["delivered"] for n, s in sinks.items()},
+        undelivered={n: max(last - s["delivered_seq"], 0) for n, s in sinks.items()},
+        sink_errors={n: s["errors"] for n, s in sinks.items()},
+        worker_lag_s=lag_s,
+        journal_errors=journal.errors,
+        agent_pid=agent_pid,
+        cursors={n: s["delivered_seq"] for n, s in sinks.items()},
+        placement={n: s.get("placement", "?") for n, s in sinks.items()},
+        journaled=last,
+        held=journal.held,
+    )

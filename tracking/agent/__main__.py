@@ -1,0 +1,53 @@
+"""`python -m tracking.agent --fd N --wake-fd M --parent-pid P`: a tracker's delivery agent process.
+
+Runs on the main thread of its own process, started by the training process's `AgentLink` in a new
+session, so that the terminal's Ctrl-C and a SIGTERM to the training job's process group do not
+reach it: it ends through its control channel (fd N), or when the training process (P) is gone,
+after it has delivered what was journaled. Its log records go back over the channel while the
+training process lives, and to stderr after.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+from typing import Sequence
+
+import anyio
+
+from .service import Agent, ChannelLogHandler
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tracking.agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--fd", type=int, required=True, help="the control channel's socket")
+    parser.add_argument("--wake-fd", type=int, required=True, help="the read end of the wake pipe")
+    parser.add_argument("--parent-pid", type=int, required=True, help="the training process")
+    args = parser.parse_args(argv)
+    # A Ctrl-C sent to this session by hand must not cut a delivery short either; SIGTERM (sent to
+    # this pid on purpose) keeps its default: the next agent resumes from the committed cursors.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=args.fd)
+    agent = Agent(sock, args.wake_fd, parent_pid=args.parent_pid)
+    _forward_logs(agent)
+    anyio.run(agent.serve)
+    sys.stderr.flush()
+    return 0
+
+
+def _forward_logs(agent: Agent) -> None:
+    handler = ChannelLogHandler(agent)
+    for name in ("tracking", "py.warnings"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    logging.captureWarnings(True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Per-sink delivery state on disk: `{run_dir}/delivery/{sink}.json`, and who may deliver to a sink.
+
+Written by whoever delivers a run to that sink (the agent, sync mode on the caller's thread,
+`python -m tracking replay`), each file by one writer at a time: `claim()` takes an exclusive
+`flock` on `{sink}.lock` that the kernel releases when its holder dies, so a new agent can take
+over from a killed one, and replay refuses a sink that a live agent still serves. Read by anyone
+(`stats()`, `python -m tracking show`).
+
+A state file says how far the sink has got for sure: `delivered_seq` is *committed* (the sink
+flushed every event up to it), with the sink's `checkpoint` from that moment (TensorBoard: the
+event file's size) and the facts its `open` returned (MLflow: the run id). A new deliverer resumes
+from there.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..rundir import DELIVERY_DIR, write_json_atomic
+
+__all__ = ["DeliveryStore", "SinkBusyError"]
+
+_logger = logging.getLogger(__name__)
+
+
+class SinkBusyError(RuntimeError):
+    """Another live process delivers this run to this sink (an agent, or a replay)."""
+
+
+class DeliveryStore:
+    """The delivery state files of one run."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.dir = Path(run_dir) / DELIVERY_DIR
+        self._locks: dict[str, int] = {}
+
+    def load(self, sink: str) -> dict[str, Any] | None:
+        """The sink's last saved state, or None (never delivered, or unreadable)."""
+        try:
+            state = orjson.loads((self.dir / f"{sink}.json").read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, orjson.JSONDecodeError) as exc:
+            _logger.warning("tracking: cannot read the delivery state of sink %r in %s (%s); it is "
+                            "delivered from the start", sink, self.dir, exc)
+            return None
+        return state if isinstance(state, dict) else None
+
+    def load_all(self) -> dict[str, dict[str, Any]]:
+        """Every sink's saved state, by sink name."""
+        states: dict[str, dict[str, Any]] = {}
+        try:
+            names = sorted(p.stem for p in self.dir.glob("*.json"))
+        except OSError:
+            return states
+        for name in names:
+            state = self.load(name)
+            if state is not None:
+                states[name] = state
+        return states
+
+    def save(self, sink: str, state: dict[str, Any]) -> None:
+        """Replace the sink's state atomically; raises OSError if the disk refuses."""
+        self.dir.mkdir(exist_ok=True)
+        write_json_atomic(self.dir / f"{sink}.json", state)
+
+    def claim(self, sink: str) -> None:
+        """Become the sink's one deliverer for this run; raises SinkBusyError if a live process is."""
+        if sink in self._locks:
+            return
+        self.dir.mkdir(exist_ok=True)
+        fd = os.open(self.dir / f"{sink}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise SinkBusyError(
+                f"sink {sink!r} of {self.dir.parent} is being delivered by process {holder}; "
+                "wait for it to finish (python -m tracking show says how far it is)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._locks[sink] = fd
+
+    def release(self, sink: str) -> None:
+        fd = self._locks.pop(sink, None)
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the lock
+
+    def release_all(self) -> None:
+        for sink in list(self._locks):
+            self.release(sink)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: the parent holds these locks; the child must not release them."""
+        self._locks = {}

@@ -1,0 +1,129 @@
+"""The messages between a training process and its delivery agent, over the agent's control channel.
+
+Built on whichever thread sends them (the tracker's caller threads, the link's reader thread, the
+agent's event loop) and pickled by `tracking.channel`. Plain frozen dataclasses: the channel carries
+only these, so what the two sides say to each other is all here.
+
+Besides the channel, the agent has a wake pipe: the writer thread writes a byte to it after each
+journal append. The agent then reads the journal itself, so events never travel over the channel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..sinks.base import RunContext
+from .engine import RetryPolicy
+from .specs import SinkSpec
+
+__all__ = [
+    "AgentOptions", "Configure", "OpenRun", "Flush", "EndRun", "Shutdown",
+    "Configured", "Progress", "Flushed", "Ended", "LogRecord",
+]
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """How an agent delivers (the tracker's settings that concern it)."""
+
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: how often a sink's cursor is committed while events flow (also at every flush and at the end)
+    commit_interval_s: float = 1.0
+    #: fresh events kept decoded in memory for sinks that keep up; a sink further behind reads the
+    #: journal on its own
+    max_sink_backlog_events: int = 100_000
+    #: how long an agent left alone (the training process died, or `end_run(background=True)`)
+    #: keeps delivering before it gives up on a sink
+    catch_up_timeout_s: float = 600.0
+
+
+# -- training process -> agent -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Configure:
+    """The first message: the sinks to build (once; they serve every run) and the options."""
+
+    sinks: tuple[SinkSpec, ...]
+    options: AgentOptions
+    parent_pid: int
+
+
+@dataclass(frozen=True)
+class OpenRun:
+    """Start delivering a run. `resume`: a restarted agent takes over; cursors come from disk."""
+
+    run: RunContext
+    resume: bool = False
+
+
+@dataclass(frozen=True)
+class Flush:
+    """Answer with `Flushed` once every healthy sink has committed everything up to `seq`."""
+
+    token: int
+    run_id: str
+    seq: int
+
+
+@dataclass(frozen=True)
+class EndRun:
+    """The run's journal is complete: deliver the rest, close the sinks with `status`, answer `Ended`.
+
+    timeout_s: the end-of-run deadline; sinks not done by then are left (their events wait in the
+        journal). background: the tracker does not wait; the agent writes the final meta.json.
+    meta: what the agent needs to write meta.json when it is the one that finishes the run.
+    """
+
+    run_id: str
+    status: str
+    final_seq: int
+    timeout_s: float
+    background: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """Exit once every run being ended is done (bounded by their deadlines)."""
+
+
+# -- agent -> training process -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Configured:
+    """The sinks are built; `errors`: sinks that could not be built here, with why."""
+
+    pid: int
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where each sink of a run stands (after each commit): `stats()` reads the latest."""
+
+    run_id: str
+    sinks: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Flushed:
+    token: int
+    run_id: str
+    ok: bool
+    sinks: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Ended:
+    run_id: str
+    sinks: dict[str, dict[str, Any]]
+    timed_out: bool
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """A log line of the agent's, re-emitted by the training process's `logging`."""
+
+    name: str
+    level: int
+    message: str

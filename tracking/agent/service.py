@@ -1,0 +1,474 @@
+"""The delivery agent's loop: serves the journals of one tracker's runs to its sinks.
+
+Runs in the agent, under an anyio event loop: on the main thread of `python -m tracking.agent`, or
+on a thread of the training process where no process can be started (or for the sinks that can't
+leave it). Calls into a sink that may block run in the loop's worker threads; the `write` and
+`flush` of a sink that says `blocking = False` run on the loop's own thread (its `open` and `close`
+always go to a worker thread, where the end-of-run deadline can leave them).
+
+Per run (`RunService`), each sink has a task that moves its slot's cursor forward: from the fresh
+events the loop decoded once for every sink that keeps up (`FreshEvents`), or, for a sink that fell
+behind, from the journal in bounded chunks of its own. The agent learns that a journal grew from a
+byte on its wake pipe and reads the file itself: events never travel over the control channel.
+
+The agent ends through its control channel (`Shutdown`), or when the training process is gone
+(the channel's end closes, or the parent pid's pidfd fires): then every run still open is
+delivered to its end, its sinks are closed with the journal's end status (KILLED when the journal
+has none), and the final meta.json is written.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from typing import Any, Callable
+
+import anyio
+import anyio.lowlevel
+
+from ..channel import recv_msg, send_msg
+from ..journal import JournalReader
+from ..journal.reader import DEFAULT_CHUNK_EVENTS
+from ..rundir import finish_meta
+from ..sinks.base import RunContext, Sink
+from .cursors import DeliveryStore, SinkBusyError
+from .engine import Outcome, SinkSlot, SlotState
+from .protocol import (
+    AgentOptions, Configure, Configured, Ended, EndRun, Flush, Flushed, LogRecord, OpenRun, Progress, Shutdown,
+)
+
+__all__ = ["Agent", "RunService", "FreshEvents"]
+
+_logger = logging.getLogger(__name__)
+
+#: progress messages per run and second, at most (stats() reads the latest)
+_PROGRESS_EVERY_S = 0.2
+_PARENT_POLL_S = 0.5
+
+
+class FreshEvents:
+    """The latest journaled events, decoded once, for every sink that keeps up."""
+
+    def __init__(self, max_events: int) -> None:
+        self._max_events = max(int(max_events), 1)
+        self._batches: deque[tuple[int, list[Any]]] = deque()
+        self._count = 0
+
+    def add(self, first: int, events: list[Any]) -> None:
+        if not events:
+            return
+        self._batches.append((first, events))
+        self._count += len(events)
+        while self._count > self._max_events and len(self._batches) > 1:
+            _, dropped = self._batches.popleft()
+            self._count -= len(dropped)
+
+    def take(self, seq: int) -> list[Any] | None:
+        """The events of the batch holding `seq`, from `seq` on; None if it is not here."""
+        for first, events in self._batches:
+            if first <= seq < first + len(events):
+                return events if seq == first else events[seq - first:]
+        return None
+
+    @property
+    def first_seq(self) -> int | None:
+        return self._batches[0][0] if self._batches else None
+
+    @property
+    def last_seq(self) -> int:
+        if not self._batches:
+            return 0
+        first, events = self._batches[-1]
+        return first + len(events) - 1
+
+
+class RunService:
+    """One run's delivery in the agent: a slot per sink, fed from fresh events or the journal."""
+
+    def __init__(self, agent: Agent, run: RunContext, resume: bool) -> None:
+        self.agent = agent
+        self.run = run
+        self.options = agent.options
+        self.reader = JournalReader(run.run_dir)
+        self.store = DeliveryStore(run.run_dir)
+        self.fresh = FreshEvents(self.options.max_sink_backlog_events)
+        self.known_seq = 0  #: the last seq known to be journaled
+        self.ending: EndRun | None = None
+        self.write_meta = False  #: this agent writes the run's final meta.json
+        self.flushes: list[tuple[int, int]] = []  # (token, seq) not answered yet
+        self.resumed = resume
+        self.slots = [self._slot(sink, lock, placement) for sink, lock, placement in agent.sinks]
+        self._changed = anyio.Event()
+        self._scope = anyio.CancelScope()
+        self._last_progress = 0.0
+
+    def _slot(self, sink: Sink, lock: threading.Lock, placement: str) -> SinkSlot:
+        slot = SinkSlot(sink, self.run, retry=self.options.retry, lock=lock, store=self.store, placement=placement)
+        try:
+            self.store.claim(slot.name)
+        except (SinkBusyError, OSError) as exc:
+            slot.state = SlotState.GAVE_UP
+            slot.last_error = str(exc)
+            _logger.error("tracking: %s", exc)
+        return slot
+
+    # -- the loop's side (messages, wake-ups) ------------------------------------------------------
+
+    def journal_grew(self) -> None:
+        """Index what the writer appended; decode it once if a sink keeps up."""
+        last = self.reader.refresh()
+        if last <= self.known_seq:
+            return
+        start = max(self.known_seq + 1, last - self.options.max_sink_backlog_events + 1)
+        if any(not s.done and s.delivered_seq + 1 >= start for s in self.slots):
+            first, events = self.reader.read(start, max_events=last - start + 1, to_seq=last)
+            self.fresh.add(first, events)
+        self.known_seq = last
+        self._notify()
+
+    def flush(self, token: int, seq: int) -> None:
+        if seq > self.known_seq:
+            self.journal_grew()
+        self.flushes.append((token, seq))
+        self._answer_flushes()
+        self._notify()
+
+    def end(self, message: EndRun) -> None:
+        self.ending = message
+        self.journal_grew()
+        self.known_seq = max(self.known_seq, message.final_seq)
+        self.write_meta = message.background or self.agent.orphaned
+        timeout = self.options.catch_up_timeout_s if message.background else message.timeout_s
+        self._scope.deadline = min(self._scope.deadline, anyio.current_time() + timeout)
+        self._notify()
+
+    def orphaned(self) -> None:
+        """The training process is gone: finish the run from its journal, on our own deadline."""
+        last = self.reader.refresh()
+        if self.ending is None:
+            status = self.reader.end_status or "KILLED"
+            self.ending = EndRun(self.run.run_id, status, last, self.options.catch_up_timeout_s)
+        self.known_seq = max(self.known_seq, last)
+        self.write_meta = True
+        self._scope.deadline = anyio.current_time() + self.options.catch_up_timeout_s
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    # -- serving -----------------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        self.journal_grew()
+        with self._scope:
+            async with anyio.create_task_group() as tg:
+                for slot in self.slots:
+                    tg.start_soon(self._serve_slot, slot)
+        self._finish(timed_out=self._scope.cancelled_caught)
+
+    async def _serve_slot(self, slot: SinkSlot) -> None:
+        try:
+            while not slot.done:
+                if not await self._step(slot):
+                    await self._wait(slot)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:  # a bug must cost one sink, never the agent
+            slot.state = SlotState.GAVE_UP
+            slot.last_error = f"{type(exc).__name__}: {exc}"
+            _logger.exception("tracking: delivery to sink %r failed; its events stay in the journal", slot.name)
+        finally:
+            self._answer_flushes()
+            self._send_progress(force=True)
+
+    async def _step(self, slot: SinkSlot) -> bool:
+        """Do the next thing this sink needs; False if there is nothing to do until something changes."""
+        now = time.monotonic()
+        if not slot.ready(now):
+            with anyio.move_on_after(slot.retry_at - now):
+                await self._changed_or_never()
+            return True
+        if slot.state is SlotState.NEW:
+            await self._call(slot, slot.open, in_thread=True)
+            return True
+        if slot.delivered_seq < self.known_seq:
+            await self._deliver(slot)
+            return True
+        if self._commit_due(slot, now):
+            if await self._call(slot, slot.commit) is Outcome.DELIVERED:
+                self._answer_flushes()
+                self._send_progress()
+            return True
+        if self.ending is not None and slot.delivered_seq >= self.ending.final_seq:
+            await self._call(slot, slot.close, self.ending.status, in_thread=True)
+            return True
+        return False
+
+    async def _deliver(self, slot: SinkSlot) -> None:
+        seq = slot.delivered_seq + 1
+        events = self.fresh.take(seq)
+        first = seq
+        if events is None:
+            first, events = await anyio.to_thread.run_sync(
+                self.reader.read, seq, DEFAULT_CHUNK_EVENTS, self.known_seq, abandon_on_cancel=True)
+        if not events:
+            # Journaled seqs the reader can't give back: a damaged line, or a torn last line of a
+            # killed writer. Pass over them rather than wait for ever.
+            slot.skip_to(first if first > seq else self.known_seq + 1)
+            return
+        await self._call(slot, slot.write, first, events)
+
+    def _commit_due(self, slot: SinkSlot, now: float) -> bool:
+        if slot.committed_seq >= slot.delivered_seq:
+            return False
+        if self.ending is not None and slot.delivered_seq >= self.ending.final_seq:
+            return False  # close() makes it durable
+        if now - slot.last_commit >= self.options.commit_interval_s:
+            return True
+        return any(slot.committed_seq < seq for _, seq in self.flushes)
+
+    async def _wait(self, slot: SinkSlot) -> None:
+        timeout = None
+        if slot.committed_seq < slot.delivered_seq:
+            timeout = max(slot.last_commit + self.options.commit_interval_s - time.monotonic(), 0.0)
+        with anyio.move_on_after(timeout):
+            await self._changed_or_never()
+
+    async def _changed_or_never(self) -> None:
+        await self._changed.wait()
+
+    @staticmethod
+    async def _call(slot: SinkSlot, fn: Callable[..., Outcome], *args: Any, in_thread: bool = False) -> Outcome:
+        """An engine call: in a worker thread for a sink that may block (or is still busy in a call
+        abandoned at an earlier deadline), else here, on the loop's thread."""
+        if in_thread or slot.blocking or slot.lock.locked():
+            return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+        outcome = fn(*args)
+        await anyio.lowlevel.checkpoint()
+        return outcome
+
+    # -- answers -----------------------------------------------------------------------------------
+
+    def _answer_flushes(self) -> None:
+        if not self.flushes:
+            return
+        waiting = [s for s in self.slots if s.healthy and not s.done]
+        for token, seq in list(self.flushes):
+            if all(s.committed_seq >= seq for s in waiting):
+                self.flushes.remove((token, seq))
+                self.agent.send(Flushed(token, self.run.run_id, True, self.reports()))
+
+    def reports(self) -> dict[str, dict[str, Any]]:
+        last = max(self.known_seq, self.ending.final_seq if self.ending else 0)
+        return {slot.name: slot.report(last) for slot in self.slots}
+
+    def _send_progress(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_progress >= _PROGRESS_EVERY_S:
+            self._last_progress = now
+            self.agent.send(Progress(self.run.run_id, self.reports()), droppable=True)
+
+    def _finish(self, timed_out: bool) -> None:
+        reports = self.reports()
+        if self.write_meta and self.ending is not None:
+            meta = dict(self.ending.meta)
+            sinks = {**meta.pop("other_sinks", {}), **reports}
+            if "tags" not in meta:
+                meta["tags"] = self.reader.tags()
+            try:
+                finish_meta(self.run.run_dir, self.ending.status, self.ending.final_seq, sinks, timed_out, **meta)
+            except OSError as exc:
+                _logger.error("tracking: cannot write %s/meta.json: %s", self.run.run_dir, exc)
+        self.store.release_all()
+        self.agent.send(Ended(self.run.run_id, reports, timed_out))
+        if timed_out:
+            behind = {n: r["undelivered"] for n, r in reports.items() if r["undelivered"]}
+            if behind and self.agent.orphaned:
+                _logger.error("tracking: run %s: the catch-up deadline passed with sinks behind (%s); "
+                              "replay them from the journal", self.run.run_id, behind)
+
+
+class Agent:
+    """Builds a tracker's sinks once and serves each run it is told about."""
+
+    def __init__(self, sock: Any, wake_fd: int, parent_pid: int | None = None,
+                 objects: dict[str, Sink] | None = None, placement: str = "agent") -> None:
+        self.sock = sock
+        self.wake_fd = wake_fd
+        self.parent_pid = parent_pid
+        self.placement = placement
+        self.options = AgentOptions()
+        self.sinks: list[tuple[Sink, threading.Lock, str]] = []
+        self.runs: dict[str, RunService] = {}
+        self.orphaned = False
+        self.shutting_down = False
+        self._objects = objects or {}
+        # Guards the channel's sending side: the loop answers, and log records come from any thread.
+        self._send_lock = threading.Lock()
+        self._channel_open = True
+        self._done: anyio.Event | None = None
+        self._tg: Any = None
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def send(self, message: Any, droppable: bool = False) -> None:
+        """Send to the training process; a droppable message is skipped rather than waited for."""
+        if not self._channel_open:
+            return
+        if droppable and not _writable(self.sock):
+            return
+        try:
+            with self._send_lock:
+                send_msg(self.sock, message)
+        except OSError:
+            self._channel_open = False
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        self._done = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self._read_control)
+            tg.start_soon(self._read_wakes)
+            if self.parent_pid is not None:
+                tg.start_soon(self._watch_parent)
+            await self._done.wait()
+            tg.cancel_scope.cancel()
+
+    async def _read_control(self) -> None:
+        while True:
+            try:
+                message = await anyio.to_thread.run_sync(recv_msg, self.sock, abandon_on_cancel=True)
+            except (EOFError, OSError):
+                self._orphan()
+                return
+            self._dispatch(message)
+
+    def _dispatch(self, message: Any) -> None:
+        if isinstance(message, Configure):
+            self._configure(message)
+        elif isinstance(message, OpenRun):
+            self._open_run(message)
+        elif isinstance(message, Flush):
+            run = self.runs.get(message.run_id)
+            if run is None:
+                self.send(Flushed(message.token, message.run_id, False, {}))
+            else:
+                run.flush(message.token, message.seq)
+        elif isinstance(message, EndRun):
+            run = self.runs.get(message.run_id)
+            if run is None:
+                self.send(Ended(message.run_id, {}, False))
+            else:
+                run.end(message)
+        elif isinstance(message, Shutdown):
+            self.shutting_down = True
+            self._check_done()
+        else:
+            _logger.error("tracking agent: unknown message %.100r", message)
+
+    def _configure(self, message: Configure) -> None:
+        self.options = message.options
+        errors: dict[str, str] = {}
+        for spec in message.sinks:
+            try:
+                sink = self._objects[spec.name] if spec.how == "object" else spec.build()
+            except Exception as exc:  # reported to the tracker, which says so at once
+                errors[spec.name] = f"{type(exc).__name__}: {exc}"
+                continue
+            self.sinks.append((sink, threading.Lock(), self.placement))
+        self.send(Configured(os.getpid(), errors))
+
+    def _open_run(self, message: OpenRun) -> None:
+        service = RunService(self, message.run, message.resume)
+        self.runs[message.run.run_id] = service
+        self._tg.start_soon(self._serve_run, service)
+
+    async def _serve_run(self, service: RunService) -> None:
+        try:
+            await service.serve()
+        finally:
+            self.runs.pop(service.run.run_id, None)
+            self._check_done()
+
+    async def _read_wakes(self) -> None:
+        while True:
+            await anyio.wait_readable(self.wake_fd)
+            try:
+                if not os.read(self.wake_fd, 4096):
+                    return  # every writer closed its end: the journals are read on their own now
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
+            for run in list(self.runs.values()):
+                run.journal_grew()
+
+    async def _watch_parent(self) -> None:
+        try:
+            pidfd = os.pidfd_open(self.parent_pid)
+        except (AttributeError, OSError):
+            pidfd = None
+        if pidfd is not None:
+            try:
+                await anyio.wait_readable(pidfd)
+            finally:
+                os.close(pidfd)
+        else:
+            while os.getppid() == self.parent_pid:
+                await anyio.sleep(_PARENT_POLL_S)
+        self._orphan()
+
+    def _orphan(self) -> None:
+        if self.orphaned:
+            return
+        self.orphaned = True
+        self._channel_open = False
+        for run in list(self.runs.values()):
+            run.orphaned()
+        self._check_done()
+
+    def _check_done(self) -> None:
+        if (self.orphaned or self.shutting_down) and not self.runs and self._done is not None:
+            self._done.set()
+
+
+def _writable(sock: Any) -> bool:
+    import select
+
+    try:
+        return bool(select.select([], [sock], [], 0)[1])
+    except (OSError, ValueError):
+        return False
+
+
+class ChannelLogHandler(logging.Handler):
+    """Sends the agent's log records to the training process, which logs them as its own."""
+
+    def __init__(self, agent: Agent) -> None:
+        super().__init__(logging.INFO)
+        self._agent = agent
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(_in_emit, "active", False):
+            return
+        _in_emit.active = True
+        try:
+            message = self.format(record) if record.exc_info else record.getMessage()
+            if self._agent._channel_open:
+                self._agent.send(LogRecord(record.name, record.levelno, message))
+            else:
+                import sys
+
+                sys.stderr.write(f"{record.levelname} {record.name}: {message}\n")
+        except Exception:
+            self.handleError(record)
+        finally:
+            _in_emit.active = False
+
+
+_in_emit = threading.local()

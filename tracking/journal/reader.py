@@ -1,0 +1,340 @@
+"""`JournalReader`: streams a run's journal in bounded chunks, from any seq, as typed events.
+
+Runs wherever delivery runs: the agent's event loop (its tail of fresh batches) and its pool
+threads (a lagging sink reading its own way forward), `python -m tracking replay`, sync mode, the
+CLI. One reader may be shared by threads: its index of batch lines is guarded by a lock, and every
+read opens its own file handle.
+
+The reader never raises for what it finds in the file: a line that can't be decoded, or an event
+that points outside the run directory, is skipped, counted in `corrupt_lines` / `corrupt_events`
+and warned about once per reader. A last line without its newline is one the writer has not
+finished (or never will, if it was killed): it is left for a later read.
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import threading
+from array import array
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+
+from ..errors import InvalidNameError
+from ..events import ARTIFACT, EVENT_TYPES, FIGURE, KINDS, METRICS, Metrics, SinkEvent, check_name
+from ..rundir import JOURNAL_FILE
+
+__all__ = ["JournalReader", "JournalContents", "read_journal", "DEFAULT_CHUNK_EVENTS"]
+
+_logger = logging.getLogger(__name__)
+
+#: events a `read` returns at most by default: a lagging sink's chunk (bounded memory), at least a
+#: batch line's worth so that a line is decoded about once
+DEFAULT_CHUNK_EVENTS = 20_000
+#: one batch line every this many bytes is remembered in the reader's sparse index
+_INDEX_EVERY_BYTES = 1 << 16
+_BATCH_PREFIX = b'["batch",'
+_RUN_PREFIX = b'["run",'
+_END_PREFIX = b'["end",'
+_KIND_OBJECTS = {kind: kind for kind in KINDS}
+_new = tuple.__new__
+
+
+class JournalReader:
+    """A run's journal: its header, its end status, and its events from any seq.
+
+    `refresh()` indexes the lines written since the last call: a batch line's first seq is read
+    from its first bytes, and one line every `_INDEX_EVERY_BYTES` is remembered (a sparse index:
+    a sync-mode run writes a line per log call). `read(from_seq)` seeks to the nearest indexed line
+    and decodes only the lines that hold what it returns.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / JOURNAL_FILE
+        self.header: dict[str, Any] = {}
+        self.end_status: str | None = None
+        self.end_time: float | None = None
+        self.corrupt_lines = 0
+        self.corrupt_events = 0
+        # Guards everything below and the counters above: the agent reads from pool threads
+        # while its event loop indexes fresh lines.
+        self._lock = threading.Lock()
+        self._index_seqs = array("q")  # first seq of every indexed batch line, ascending
+        self._index_offsets = array("q")  # byte offset of that line
+        self._scanned = 0  # bytes of whole lines indexed so far
+        self._last_first = 0  # first seq of the last batch line
+        self._last_line: bytes | None = None  # that line, until its events are counted
+        self._last_seq = 0
+        self._warned = False
+        self._bad_lines: set[int] = set()  # first seqs of batch lines found damaged (counted once)
+        self._root = str(self.run_dir)
+
+    # -- the index ----------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Bytes of whole lines indexed so far."""
+        return self._scanned
+
+    def refresh(self) -> int:
+        """Index the whole lines written since the last call; returns the last seq journaled."""
+        with self._lock:
+            self._scan_unlocked()
+            return self._last_seq
+
+    def last_seq(self) -> int:
+        return self.refresh()
+
+    def header_only(self) -> dict[str, Any]:
+        """The run header (the first line), without indexing the rest of the file."""
+        if not self.header:
+            try:
+                with open(self.path, "rb") as fh:
+                    line = fh.readline()
+            except FileNotFoundError:
+                return {}
+            record = self._loads(line) if line.startswith(_RUN_PREFIX) else None
+            if record is not None and len(record) > 1 and isinstance(record[1], dict):
+                self.header = record[1]
+        return self.header
+
+    def _scan_unlocked(self) -> None:
+        try:
+            fh = open(self.path, "rb")
+        except FileNotFoundError:
+            return
+        with fh:
+            fh.seek(self._scanned)
+            offset = self._scanned
+            for line in _whole_lines(fh):
+                self._index_line(line, offset)
+                offset += len(line)
+            self._scanned = offset
+        if self._last_line is not None:
+            count = self._count_events(self._last_line)
+            self._last_seq = self._last_first + count - 1 if count is not None else self._last_first - 1
+            self._last_line = None
+
+    def _index_line(self, line: bytes, offset: int) -> None:
+        if line.startswith(_BATCH_PREFIX):
+            first = _batch_first_seq(line)
+            if first is not None and first > self._last_first:
+                if self._last_line is not None:  # the previous line's events end where this one starts
+                    self._last_seq = first - 1
+                if not self._index_offsets or offset - self._index_offsets[-1] >= _INDEX_EVERY_BYTES:
+                    self._index_seqs.append(first)
+                    self._index_offsets.append(offset)
+                self._last_first, self._last_line = first, line
+                return
+        elif line.startswith(_RUN_PREFIX):
+            record = self._loads(line)
+            if record is not None and len(record) > 1 and isinstance(record[1], dict):
+                self.header = record[1]
+                return
+        elif line.startswith(_END_PREFIX):
+            record = self._loads(line)
+            if record is not None and len(record) > 2:
+                self.end_status, self.end_time = str(record[1]), record[2]
+                return
+        elif not line.strip():
+            return
+        self._corrupt(f"an unreadable line at byte {offset}")
+
+    def _count_events(self, line: bytes) -> int | None:
+        record = self._loads(line)
+        if record is None or len(record) != 3 or not isinstance(record[2], list):
+            return None
+        return len(record[2])
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def read(self, from_seq: int, max_events: int = DEFAULT_CHUNK_EVENTS, to_seq: int | None = None
+             ) -> tuple[int, list[SinkEvent | None]]:
+        """Events from `from_seq` on (at most `max_events`, none past `to_seq`), contiguous.
+
+        Returns (seq of the first event returned, events). The first seq is past `from_seq` when
+        the events in between can't be read (a corrupt line): the caller skips them. An event that
+        can't be decoded inside a readable line is None (counted): the caller skips it. An empty
+        list with first seq `from_seq` means nothing more is journaled yet.
+        """
+        with self._lock:
+            if from_seq > self._last_seq:
+                self._scan_unlocked()
+            limit = self._scanned
+            position = bisect.bisect_right(self._index_seqs, from_seq) - 1
+            offset = self._index_offsets[position] if position >= 0 else 0
+        first_returned: int | None = None
+        events: list[SinkEvent | None] = []
+        expected = from_seq
+        for first, line in self._batch_lines(offset, limit, from_seq):
+            if to_seq is not None and first > to_seq:
+                break
+            if first_returned is not None and first != expected:
+                break  # a gap (a corrupt line) after what we have: return what is contiguous
+            decoded = self._decode_line(line, first)
+            if decoded is None:
+                continue  # counted; the caller skips its seqs
+            skip = max(expected - first, 0)
+            if skip >= len(decoded):
+                continue
+            keep = decoded[skip:]
+            if to_seq is not None:
+                keep = keep[: max(to_seq - (first + skip) + 1, 0)]
+            keep = keep[: max_events - len(events)]
+            if first_returned is None:
+                first_returned = first + skip
+            events.extend(keep)
+            expected = first + skip + len(keep)
+            if len(events) >= max_events or (to_seq is not None and expected > to_seq):
+                break
+        return (first_returned if first_returned is not None else from_seq), events
+
+    def _batch_lines(self, offset: int, limit: int, from_seq: int) -> Iterator[tuple[int, bytes]]:
+        """(first seq, line) of the batch lines from `offset` up to `limit` that may hold seqs from
+        `from_seq` on: lines wholly before it are passed over on their prefix alone."""
+        previous: tuple[int, bytes] | None = None
+        with open(self.path, "rb") as fh:
+            fh.seek(offset)
+            for line in _whole_lines(fh, limit - offset):
+                if not line.startswith(_BATCH_PREFIX):
+                    continue
+                first = _batch_first_seq(line)
+                if first is None:
+                    continue
+                if first <= from_seq:
+                    previous = (first, line)  # may hold from_seq: decided by the next line's first
+                    continue
+                if previous is not None:
+                    yield previous
+                    previous = None
+                yield first, line
+        if previous is not None:
+            yield previous
+
+    def iter_events(self, from_seq: int = 1, chunk_events: int = DEFAULT_CHUNK_EVENTS
+                    ) -> Iterator[tuple[int, SinkEvent]]:
+        """Every readable (seq, event) from `from_seq` to what is journaled now, a chunk at a time."""
+        last = self.refresh()
+        seq = from_seq
+        while seq <= last:
+            first, events = self.read(seq, chunk_events, to_seq=last)
+            if not events:
+                break
+            for offset, event in enumerate(events):
+                if event is not None:
+                    yield first + offset, event
+            seq = first + len(events)
+
+    def tags(self) -> dict[str, str]:
+        """The run's tags, last value per key: only lines holding a tag event are decoded."""
+        tags: dict[str, str] = {}
+        self.refresh()
+        with self._lock:
+            limit = self._scanned
+        for first, line in self._batch_lines(0, limit, 0):
+            if b'["tag",' not in line:
+                continue
+            for event in self._decode_line(line, first) or ():
+                if event is not None and event[0] == "tag":
+                    tags[event[1]] = event[2]
+        return tags
+
+    # -- decoding -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _loads(line: bytes) -> Any:
+        try:
+            return orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return None
+
+    def _decode_line(self, line: bytes, first: int) -> list[SinkEvent | None] | None:
+        record = self._loads(line)
+        if record is None or len(record) != 3 or not isinstance(record[2], list):
+            with self._lock:
+                if first not in self._bad_lines:  # count a line once, however often it is read
+                    self._bad_lines.add(first)
+                    self._corrupt(f"an unreadable batch line (seq {first} on)")
+            return None
+        finite = b'NaN"' not in line and b'Infinity"' not in line
+        out = [self._decode_event(raw, finite) for raw in record[2]]
+        if None in out:
+            with self._lock:
+                if first not in self._bad_lines:
+                    self._bad_lines.add(first)
+                    self.corrupt_events += out.count(None)
+                    self._corrupt(f"an unreadable event in the batch from seq {first}", count_line=False)
+        return out
+
+    def _decode_event(self, raw: Any, finite: bool) -> SinkEvent | None:
+        try:
+            kind = raw[0]
+            if kind == METRICS:
+                values = raw[1]
+                if not finite:
+                    for key, value in values.items():
+                        if type(value) is str:
+                            values[key] = float(value)
+                return _new(Metrics, (METRICS, values, raw[2], raw[3]))
+            if kind == ARTIFACT or kind == FIGURE:
+                # A journal is data from disk: an entry must not point a sink outside the run.
+                relative = check_name(raw[2], f"journal {kind} path")
+                check_name(raw[1], f"journal {kind} name")
+                path = os.path.join(self._root, relative)
+                return _new(EVENT_TYPES[kind], (_KIND_OBJECTS[kind], raw[1], path, raw[3]))
+            cls = EVENT_TYPES.get(kind)
+            if cls is None or len(raw) != len(cls._fields):
+                return None
+            return _new(cls, (_KIND_OBJECTS[kind], *raw[1:]))
+        except (InvalidNameError, TypeError, ValueError, IndexError, KeyError, AttributeError):
+            return None
+
+    def _corrupt(self, what: str, count_line: bool = True) -> None:
+        """Count a corrupt line (the lock is held); warn once per reader."""
+        if count_line:
+            self.corrupt_lines += 1
+        if not self._warned:
+            self._warned = True
+            _logger.warning("tracking: %s in %s was skipped (the file is damaged); further damage in "
+                            "this journal is counted without a warning", what, self.path)
+
+
+def _whole_lines(fh: Any, limit: int | None = None) -> Iterator[bytes]:
+    """The lines of `fh` from where it stands that end with a newline (and end before `limit` bytes)."""
+    read = 0
+    for line in fh:
+        if not line.endswith(b"\n"):
+            return  # not finished (or never will be: the writer was killed mid-line)
+        read += len(line)
+        if limit is not None and read > limit:
+            return
+        yield line
+
+
+def _batch_first_seq(line: bytes) -> int | None:
+    end = line.find(b",", len(_BATCH_PREFIX))
+    try:
+        value = int(line[len(_BATCH_PREFIX):end])
+    except ValueError:
+        return None
+    return value if value >= 1 else None
+
+
+class JournalContents:
+    """What `read_journal` found: the run header, every event with its seq, and the end status."""
+
+    def __init__(self, header: dict[str, Any], events: list[tuple[int, SinkEvent]], end_status: str | None) -> None:
+        self.header = header
+        self.events = events
+        self.end_status = end_status
+
+
+def read_journal(run_dir: str | os.PathLike) -> JournalContents:
+    """The whole journal in memory: for small runs (tests, `show`); delivery streams with `read`."""
+    reader = JournalReader(run_dir)
+    events = list(reader.iter_events())
+    return JournalContents(reader.header, events, reader.end_status)
+

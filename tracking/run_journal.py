@@ -1,0 +1,168 @@
+"""`RunJournal`: turns drained events into journal entries, and holds what the disk refused.
+
+Runs where a run's events are put in order: the training process's writer thread in async mode
+(`tracking.writer`), the caller's thread in sync mode. One per run; not shared between threads.
+
+For each batch it reads CUDA snapshots, gives `step=None` its value, writes figure PNGs to
+`figures/`, keeps the run's tags, and appends the batch to the journal. Nothing else: no sink code,
+no encoding for a sink. When the disk refuses the journal (ENOSPC), the batch is held in memory,
+up to `hold_events`, and appended before the next one once the disk takes it again, so seq
+numbers keep the logging order; events past that bound are dropped and counted (`disk_dropped`).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from .events import ARTIFACT, FIGURE, METRICS, METRICS_DEFERRED, TAG, StepResolver, resolve_deferred
+from .journal import JournalWriter
+from .rundir import FIGURES_DIR
+
+__all__ = ["RunJournal"]
+
+_logger = logging.getLogger(__name__)
+
+
+class RunJournal:
+    """Prepares events and journals them, in order."""
+
+    def __init__(self, run_dir: Path, header: dict[str, Any], fsync_interval_s: float, hold_events: int) -> None:
+        self.run_dir = run_dir
+        self.journal = JournalWriter(run_dir, header, fsync_interval_s)
+        self.tags: dict[str, str] = {}
+        self.tags_changed = False  #: set when a batch held a tag; cleared by whoever forwards them
+        self.errors = 0  #: appends the disk refused
+        self.disk_dropped = 0  #: events neither journaled nor held (the disk stayed full too long)
+        self.prepare_errors = 0  #: events that could not be prepared (a CUDA read or figure that failed)
+        self._hold_events = max(int(hold_events), 1)
+        self._held: list[tuple] = []
+        self._held_paths = False
+        self._steps = StepResolver()
+        self._figure_counts: dict[str, int] = {}
+
+    @property
+    def last_seq(self) -> int:
+        return self.journal.last_seq
+
+    @property
+    def size(self) -> int:
+        """Bytes of whole lines in the journal."""
+        return self.journal.size
+
+    @property
+    def held(self) -> int:
+        """Events waiting for the disk."""
+        return len(self._held)
+
+    def record(self, events: Sequence[tuple]) -> tuple[int, list[tuple]] | None:
+        """Prepare and journal `events` (after any held ones); returns (first seq, events journaled),
+        or None if the disk refused them (they are held)."""
+        has_paths = self._held_paths
+        prepared: list[tuple] = []
+        for event in events:
+            try:
+                event = self._prepare(event)
+            except Exception as exc:  # one event must never cost the batch, or the writer thread
+                self._prepare_failed(event, exc)
+                continue
+            if event[0] is ARTIFACT or event[0] is FIGURE:
+                has_paths = True
+            prepared.append(event)
+        batch = self._held + prepared if self._held else prepared
+        if not batch:
+            return None
+        if self._held:
+            batch = [self._retry_figure(event) for event in batch]
+        try:
+            if has_paths and any(event[0] is FIGURE and type(event[2]) is not str for event in batch):
+                raise OSError("a figure's PNG could not be written to figures/")
+            result = self.journal.append(batch, has_paths=has_paths)
+        except OSError as exc:
+            self._hold(batch, has_paths, exc)
+            return None
+        if self._held:
+            _logger.warning("tracking: the journal %s is writable again; %d held events are journaled",
+                            self.journal.path, len(self._held))
+            self._held, self._held_paths = [], False
+        return result
+
+    def close(self, status: str) -> None:
+        """Journal what is held if the disk now takes it, then write the end line."""
+        if self._held:
+            self.record(())
+        try:
+            self.journal.close(status)
+        except OSError as exc:
+            self.errors += 1
+            _logger.error("tracking: cannot end the journal %s (%s); readers treat the run as killed",
+                          self.journal.path, exc)
+            self.journal.abandon()
+        if self._held:
+            self.disk_dropped += len(self._held)
+            _logger.error("tracking: %d events could not be journaled before the run ended (the disk "
+                          "stayed full) and are lost", len(self._held))
+            self._held = []
+
+    def sync(self) -> None:
+        try:
+            self.journal.sync()
+        except OSError as exc:
+            _logger.warning("tracking: cannot fsync the journal %s: %s", self.journal.path, exc)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _prepare(self, event: tuple) -> tuple:
+        kind = event[0]
+        if kind is METRICS:
+            return self._steps.resolve(event)
+        if kind is METRICS_DEFERRED:
+            return self._steps.resolve(resolve_deferred(event))
+        if kind is FIGURE:
+            return self._write_figure(event)
+        if kind is TAG:
+            self.tags[event[1]] = event[2]
+            self.tags_changed = True
+        return event
+
+    def _write_figure(self, event: tuple) -> tuple:
+        """Write the PNG to a file no later figure reuses: sinks may read it after the next one.
+
+        A figure the disk refused keeps its bytes (it is held with its batch) and is written again.
+        """
+        _, name, png, ts = event
+        stem = name[:-4] if name.endswith(".png") else name
+        count = self._figure_counts.get(stem, 0)
+        path = self.run_dir / FIGURES_DIR / (f"{stem}.png" if count == 0 else f"{stem}_{count}.png")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(png)
+        except OSError:
+            path.unlink(missing_ok=True)
+            return event  # still bytes: journaling fails too on a full disk, and this is retried
+        self._figure_counts[stem] = count + 1
+        return (FIGURE, name, str(path), ts)
+
+    def _retry_figure(self, event: tuple) -> tuple:
+        if event[0] is FIGURE and isinstance(event[2], (bytes, bytearray)):
+            return self._write_figure(event)
+        return event
+
+    def _hold(self, batch: list[tuple], has_paths: bool, exc: OSError) -> None:
+        self.errors += 1
+        if self.errors == 1 or not self._held:
+            _logger.error("tracking: cannot write the journal %s (%s); up to %d events are held in memory "
+                          "until the disk takes them again", self.journal.path, exc, self._hold_events)
+        if len(batch) > self._hold_events:
+            dropped = len(batch) - self._hold_events
+            if self.disk_dropped == 0:
+                _logger.error("tracking: the journal's disk stayed full; events past the first %d held "
+                              "are dropped (counted in the run's report)", self._hold_events)
+            self.disk_dropped += dropped
+            batch = batch[: self._hold_events]
+        self._held, self._held_paths = batch, has_paths
+
+    def _prepare_failed(self, event: tuple, exc: BaseException) -> None:
+        self.prepare_errors += 1
+        _logger.error("tracking: an event could not be recorded and is left out (%s: %s): %.200r",
+                      type(exc).__name__, exc, event)
