@@ -39,6 +39,7 @@ __all__ = [
     "FIGURE",
     "EXPERIMENT",
     "KINDS",
+    "PNG_SIGNATURE",
     "coerce_value",
     "capture_metrics",
     "check_key",
@@ -58,6 +59,8 @@ ARTIFACT = "artifact"
 FIGURE = "figure"
 EXPERIMENT = "experiment"
 KINDS = (METRICS, PARAMS, TAG, ARTIFACT, FIGURE, EXPERIMENT)
+#: the first 8 bytes of every PNG file: what a FIGURE's image must start with
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class CudaScalar:

@@ -18,8 +18,8 @@ ENTRY_POINT_GROUP = "tracking.sinks"
 # The built-ins, so a source checkout works before `pip install -e .` has registered entry points.
 _BUILTIN = {
     "json": "tracking.sinks.json_sink:JsonSink",
-    "tensorboard": "tracking.sinks.tensorboard_sink:TensorBoardSink",
-    "mlflow": "tracking.sinks.mlflow_sink:MLflowSink",
+    "tensorboard": "tracking.sinks.tensorboard:TensorBoardSink",
+    "mlflow": "tracking.sinks.mlflow:MLflowSink",
 }
 
 

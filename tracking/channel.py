@@ -1,0 +1,44 @@
+"""Length-prefixed pickled messages over a stream socket.
+
+Runs on whichever thread calls it; one message at a time per socket (callers that share a socket
+serialise their calls). Used by the MLflow sink's helper process (`tracking.sinks.mlflow`) and
+(soon) by the delivery agent's control channel.
+
+A message is an 8-byte big-endian length, then that many bytes of pickle. Both ends are this
+package, in processes of the same user, so pickle is safe here: never point it at a socket that
+someone else can write to.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+import socket
+import struct
+from typing import Any
+
+__all__ = ["send_msg", "recv_msg", "recv_exact"]
+
+_logger = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("!Q")
+
+
+def send_msg(sock: socket.socket, message: Any) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    sock.sendall(_HEADER.pack(len(data)))
+    sock.sendall(data)
+
+
+def recv_exact(sock: socket.socket, size: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < size:
+        chunk = sock.recv(min(size - len(chunks), 1 << 20))
+        if not chunk:
+            raise EOFError("the other end closed the connection")
+        chunks += chunk
+    return bytes(chunks)
+
+
+def recv_msg(sock: socket.socket) -> Any:
+    (size,) = _HEADER.unpack(recv_exact(sock, _HEADER.size))
+    return pickle.loads(recv_exact(sock, size))
