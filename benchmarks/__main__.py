@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHMARKS = ["caller_cost", "training_loop", "sink_throughput", "slow_sink", "stalled_sink",
+BENCHMARKS = ["caller_cost", "training_loop", "tiny_loop", "sink_throughput", "slow_sink", "stalled_sink",
               "durability", "scaling", "worker_cpu"]
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -105,7 +105,7 @@ _mlflow_open_s: list[float] = []
 
 
 def _ours(base: Path, mode: str, with_mlflow: bool, steps: int) -> tuple[float, Found]:
-    from tracking.sinks.mlflow_sink import MLflowSink
+    from tracking.sinks.mlflow import MLflowSink
 
     uri = _sqlite_uri(base, f"ours-{mode}") if with_mlflow else None
     sinks = [MLflowSink(tracking_uri=uri)] if uri else ["json", "tensorboard"]

@@ -39,7 +39,7 @@ _open_seconds: list[float] = []
 
 
 def _ours_mlflow(uri: str, base: Path, n_steps: int) -> float:
-    from tracking.sinks.mlflow_sink import MLflowSink
+    from tracking.sinks.mlflow import MLflowSink
 
     tracker = Tracker([MLflowSink(tracking_uri=uri)], base_dir=base / "runs", end_timeout_s=600)
     opening = time.perf_counter()

@@ -77,7 +77,7 @@ class _Ours:
     def __init__(self, config: str, mode: str, base: Path) -> None:
         sinks: list[Any] = [s for s in CONFIGS[config] if s != "mlflow"]
         if "mlflow" in CONFIGS[config]:
-            from tracking.sinks.mlflow_sink import MLflowSink
+            from tracking.sinks.mlflow import MLflowSink
 
             sinks.append(MLflowSink(tracking_uri=f"sqlite:///{base}/mlflow-ours.db"))
         self.tracker = Tracker(sinks, mode=mode, base_dir=base / "runs", end_timeout_s=600)

@@ -42,7 +42,7 @@ REFERENCE = "journal only"
 
 
 def _sink_sets(base: Path) -> dict[str, list[Any]]:
-    from tracking.sinks.mlflow_sink import MLflowSink
+    from tracking.sinks.mlflow import MLflowSink
 
     return {REFERENCE: [], "json": ["json"], "tensorboard": ["tensorboard"],
             "json+tensorboard": ["json", "tensorboard"],

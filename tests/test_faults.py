@@ -58,7 +58,7 @@ def test_sigkill_then_replay_keeps_every_flushed_event(tmp_path):
 def test_mlflow_server_down_for_the_whole_run_then_replay_delivers_once(mlflow_server, make_tracker, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from tracking.sinks.mlflow_sink import MLflowSink
+    from tracking.sinks.mlflow import MLflowSink
 
     mlflow_server.stop()
     try:

@@ -11,7 +11,7 @@ import pytest
 
 from tracking import RetryPolicy
 from tracking.rundir import read_meta
-from tracking.sinks.mlflow_sink import MLflowSink
+from tracking.sinks.mlflow import MLflowSink
 
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

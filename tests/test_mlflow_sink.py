@@ -19,10 +19,9 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from mlflow_server import free_port  # noqa: E402
 from tracking.events import ARTIFACT, EXPERIMENT, FIGURE, METRICS, PARAMS, TAG  # noqa: E402
-from tracking.mlflow_uri import redact_uri, resolve_tracking_uri  # noqa: E402
 from tracking.rundir import read_meta  # noqa: E402
 from tracking.sinks.base import PermanentSinkError, RunContext  # noqa: E402
-from tracking.sinks.mlflow_sink import (  # noqa: E402
+from tracking.sinks.mlflow import (  # noqa: E402
     MAX_ENTITIES_PER_REQUEST,
     MAX_METRICS_PER_REQUEST,
     MAX_PARAMS_PER_REQUEST,
@@ -33,8 +32,9 @@ from tracking.sinks.mlflow_sink import (  # noqa: E402
     MLflowSinkWarning,
     TAG_RUN_DIR,
     TAG_RUN_ID,
-    _Encoder,
 )
+from tracking.sinks.mlflow.encode import _Encoder  # noqa: E402
+from tracking.sinks.mlflow.uri import redact_uri, resolve_tracking_uri  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
 T0 = 1_700_000_000.0  # event timestamps (s); MLflow gets int(ts * 1000)

@@ -22,7 +22,7 @@ def test_secrets_stay_local_and_are_masked_in_mlflow_and_tensorboard(make_tracke
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from tracking.sinks.mlflow_sink import MLflowSink
+    from tracking.sinks.mlflow import MLflowSink
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = make_tracker(["json", "tensorboard", MLflowSink(tracking_uri=uri)])

@@ -25,9 +25,9 @@ from tensorboard.util import tensor_util
 
 from tracking.events import ARTIFACT, EXPERIMENT, FIGURE, METRICS, PARAMS, TAG
 from tracking.sinks import resolve_sink
-from tracking.sinks import tensorboard_sink as tb
 from tracking.sinks.base import PermanentSinkError, RunContext, Sink
-from tracking.sinks.tensorboard_sink import TensorBoardSink
+from tracking.sinks.tensorboard import TensorBoardSink, event_file, records
+from tracking.sinks.tensorboard import sink as tb_sink
 
 KEYS = [f"train/metric_{i}" for i in range(10)]
 STORE_ALL = {kind: 0 for kind in event_accumulator.DEFAULT_SIZE_GUIDANCE}
@@ -187,11 +187,11 @@ def test_scalar_records_are_byte_identical_to_protobuf():
             header, struct.pack("<I", masked_crc32c(header)),
             message, struct.pack("<I", masked_crc32c(message)),
         ])
-        assert tb._scalar_record(wall_time, step, *values) == record, (step, values)
+        assert records._scalar_record(wall_time, step, *values) == record, (step, values)
 
 
 def test_without_the_extra_the_sink_names_what_to_install(monkeypatch):
-    monkeypatch.setattr(tb, "_MISSING", ImportError("No module named 'crc32c'"))
+    monkeypatch.setattr(tb_sink, "_MISSING", ImportError("No module named 'crc32c'"))
     with pytest.raises(ImportError, match=r"crc32c.*pip install 'batteryml-tracking\[tensorboard\]'"):
         TensorBoardSink()
 
@@ -330,7 +330,7 @@ def test_a_failed_write_is_undone_so_the_retry_adds_no_duplicate(tmp_path, monke
 
     run = make_run(tmp_path)
     sink.open(run)
-    monkeypatch.setattr(tb.os, "write", half_then_disk_full)
+    monkeypatch.setattr(event_file.os, "write", half_then_disk_full)
     events = metric_events(range(30))
     with pytest.raises(OSError):
         sink.write(events)

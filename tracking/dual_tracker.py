@@ -15,7 +15,7 @@ __all__ = ["DualTracker"]
 class DualTracker(Tracker):
     """Local files and MLflow at once (BatteryML's `DualTracker`); `start_run` returns the local run id.
 
-    The effective MLflow URI is `self.mlflow_tracking_uri` (see `tracking.mlflow_uri`).
+    The effective MLflow URI is `self.mlflow_tracking_uri` (see `tracking.sinks.mlflow.uri`).
     """
 
     def __init__(
@@ -27,7 +27,7 @@ class DualTracker(Tracker):
         mode: str = "async",
         **kwargs: Any,
     ) -> None:
-        from .sinks.mlflow_sink import MLflowSink
+        from .sinks.mlflow import MLflowSink
 
         mlflow = MLflowSink(tracking_uri=mlflow_tracking_uri)
         sinks: list[Any] = ["json", "tensorboard", mlflow] if use_tensorboard else ["json", mlflow]

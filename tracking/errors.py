@@ -1,7 +1,9 @@
 """The exceptions this package raises, in one place.
 
 Raised on the caller's thread, at the call that was wrong: the worker never raises into user code.
-Every message names the bad value and says what would be accepted instead.
+The sink errors at the end are raised by sinks, on whichever thread calls the sink (the worker's, or
+the caller's in sync mode), and are caught there. Every message names the bad value and says what
+would be accepted instead.
 """
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ __all__ = [
     "ArtifactNotFoundError",
     "UnknownSinkError",
     "QueueClosedError",
+    "PermanentSinkError",
+    "MLflowSinkError",
+    "MLflowSinkWarning",
 ]
 
 
@@ -68,3 +73,22 @@ class UnknownSinkError(TrackingError, LookupError):
 
 class QueueClosedError(TrackingError, RuntimeError):
     """The worker is gone (closed or dead), so an event could not be enqueued."""
+
+
+# A plain Exception, as it was in tracking.sinks.base: under TrackingError, code that catches
+# TrackingError around sink calls (the CLI's replay) would start catching it too.
+class PermanentSinkError(Exception):
+    """Raised by `Sink.write` for a batch the sink will never accept; it is skipped, not retried."""
+
+
+class MLflowSinkError(TrackingError, RuntimeError):
+    """An MLflow call failed; the message has credentials redacted. Transient unless `permanent`."""
+
+    def __init__(self, message: str, error_code: str | None = None, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+        self.permanent = permanent
+
+
+class MLflowSinkWarning(UserWarning):
+    """Something logged was changed to fit MLflow (shown once per kind per sink)."""

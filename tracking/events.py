@@ -39,6 +39,7 @@ __all__ = [
     "FIGURE",
     "EXPERIMENT",
     "KINDS",
+    "PNG_SIGNATURE",
     "coerce_value",
     "capture_metrics",
     "check_key",
@@ -71,6 +72,8 @@ ARTIFACT = "artifact"
 FIGURE = "figure"
 EXPERIMENT = "experiment"
 KINDS = (METRICS, PARAMS, TAG, ARTIFACT, FIGURE, EXPERIMENT)
+#: the first 8 bytes of every PNG file: what a FIGURE's image must start with
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 #: the largest step: a signed 64-bit int, as MLflow's stores and TensorBoard's Event.step hold it
 MAX_STEP = 2**63 - 1

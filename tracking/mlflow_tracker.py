@@ -16,8 +16,8 @@ class MLflowTracker(Tracker):
     """MLflow, for team collaboration (BatteryML's `MLflowTracker`).
 
     `tracking_uri`: `sqlite:///...` (default: `./artifacts/mlruns/mlflow.db`), `http://host:port`,
-    or `file:./artifacts/mlruns` as the docs show it (see `tracking.mlflow_uri` for how it is served).
-    The effective URI is `self.tracking_uri`. The run's journal and meta still go to `base_dir`,
+    or `file:./artifacts/mlruns` as the docs show it (see `tracking.sinks.mlflow.uri` for how it is
+    served). The effective URI is `self.tracking_uri`. The run's journal and meta still go to `base_dir`,
     so nothing logged is lost while the server is away.
     """
 
@@ -29,7 +29,7 @@ class MLflowTracker(Tracker):
         base_dir: str | os.PathLike = "artifacts/runs",
         **kwargs: Any,
     ) -> None:
-        from .sinks.mlflow_sink import MLflowSink
+        from .sinks.mlflow import MLflowSink
 
         sink = MLflowSink(tracking_uri=tracking_uri)
         super().__init__(sinks=[sink], mode=mode, base_dir=base_dir, experiment_name=experiment_name, **kwargs)

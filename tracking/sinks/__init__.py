@@ -21,8 +21,8 @@ _SINK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}")
 # The built-ins, so a source checkout works before `pip install -e .` has registered entry points.
 _BUILTIN = {
     "json": "tracking.sinks.json_sink:JsonSink",
-    "tensorboard": "tracking.sinks.tensorboard_sink:TensorBoardSink",
-    "mlflow": "tracking.sinks.mlflow_sink:MLflowSink",
+    "tensorboard": "tracking.sinks.tensorboard:TensorBoardSink",
+    "mlflow": "tracking.sinks.mlflow:MLflowSink",
 }
 
 

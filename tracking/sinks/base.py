@@ -38,13 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
+from ..errors import PermanentSinkError  # defined with the other exceptions; sinks import it from here
 from ..redact import DEFAULT_SECRET_KEY_PATTERNS
 
 __all__ = ["Sink", "RunContext", "PermanentSinkError"]
-
-
-class PermanentSinkError(Exception):
-    """Raised by `Sink.write` for a batch the sink will never accept; it is skipped, not retried."""
 
 
 @dataclass(frozen=True)

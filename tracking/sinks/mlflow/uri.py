@@ -29,12 +29,15 @@ them replaced by ``***``. `redact_text` does the same for error messages that qu
 """
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+
+from ...redact import MASK
 
 __all__ = [
     "ResolvedUri",
@@ -45,6 +48,8 @@ __all__ = [
     "DB_FILE",
     "ARTIFACTS_DIR",
 ]
+
+_logger = logging.getLogger(__name__)
 
 #: where the embedded default store lives, relative to the current directory at resolve time
 DEFAULT_STORE_DIR = os.path.join("artifacts", "mlruns")
@@ -57,7 +62,6 @@ ARTIFACTS_DIR = "artifacts"
 _FILE_STORE_BAD_PART = "artifacts"
 #: query parameters whose values are secrets
 _SECRET_QUERY_KEYS = ("token", "password", "passwd", "pwd", "secret", "key", "auth", "credential", "signature")
-_MASK = "***"
 
 
 @dataclass(frozen=True)
@@ -195,18 +199,18 @@ def redact_uri(uri: str) -> str:
     try:
         parts = urlsplit(uri)
     except ValueError:
-        return _MASK
+        return MASK
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, host = netloc.rpartition("@")
         user, colon, _password = userinfo.partition(":")
         # A user name alone is often a token (https://TOKEN@host): mask it too.
-        netloc = f"{user}:{_MASK}@{host}" if colon else f"{_MASK}@{host}"
+        netloc = f"{user}:{MASK}@{host}" if colon else f"{MASK}@{host}"
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         if any(_is_secret_key(k) for k, _ in pairs):
-            query = urlencode([(k, _MASK if _is_secret_key(k) else v) for k, v in pairs], safe="*")
+            query = urlencode([(k, MASK if _is_secret_key(k) else v) for k, v in pairs], safe="*")
     if netloc == parts.netloc and query == parts.query:
         return uri
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
@@ -240,5 +244,5 @@ def redact_text(text: str, uri: str | None) -> str:
     if not uri:
         return text
     for secret in _secrets(uri):
-        text = text.replace(secret, _MASK)
+        text = text.replace(secret, MASK)
     return text

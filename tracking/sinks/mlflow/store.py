@@ -1,0 +1,177 @@
+"""The MLflow calls the sink needs, on plain values; the only module of this package that imports mlflow.
+
+Runs where MLflow runs: in the helper process (`helper`), or on the sink's thread (the worker's, or
+the caller's in sync mode) with ``process=False`` (`backends._InlineBackend`). mlflow is imported
+inside the functions that call it, so importing this module is cheap and works without mlflow.
+
+Errors: `_describe_error` reduces any exception from an MLflow call to (message, MLflow error code,
+permanent?). A request MLflow can never accept (its error code is in `_PERMANENT_CODES`, or a file
+to upload is missing) is permanent; anything else is transient. The backends raise that as
+`MLflowSinkError` with credentials redacted.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .encode import TAG_RUN_ID
+
+# Private to the package: the backends and the helper process use these.
+__all__ = ["_Store", "_describe_error"]
+
+_logger = logging.getLogger(__name__)
+
+#: MLflow error codes that mean "this request will never be accepted"; any other error is transient
+_PERMANENT_CODES = frozenset({
+    "INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "BAD_REQUEST",
+    "MALFORMED_REQUEST",
+})
+
+
+def _describe_error(exc: BaseException) -> tuple[str, str | None, bool]:
+    """(message, MLflow error code, permanent?) of an exception raised by an MLflow call."""
+    code = getattr(exc, "error_code", None)
+    code = code if isinstance(code, str) else None
+    permanent = code in _PERMANENT_CODES or isinstance(exc, (FileNotFoundError, IsADirectoryError))
+    return f"{type(exc).__name__}: {exc}", code, permanent
+
+
+class _Store:
+    """The MLflow calls the sink needs, on plain values. Where MLflow runs (helper or sink thread)."""
+
+    def __init__(self, uri: str, kind: str, artifact_location: str | None, display_uri: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        if kind == "sqlite":
+            _prepare_sqlite(uri, artifact_location)
+        self._client = MlflowClient(uri)
+        self._artifact_location = artifact_location
+        self._display_uri = display_uri
+        self._experiments: dict[str, str] = {}
+
+    def call(self, op: str, args: tuple) -> Any:
+        return getattr(self, f"_op_{op}")(*args)
+
+    def _op_experiment(self, name: str) -> str:
+        """The id of experiment `name`, created if missing."""
+        known = self._experiments.get(name)
+        if known is not None:
+            return known
+        from mlflow.exceptions import MlflowException
+
+        experiment = self._client.get_experiment_by_name(name)
+        if experiment is None:
+            try:
+                experiment_id = self._client.create_experiment(name, artifact_location=self._artifact_location)
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                experiment = self._client.get_experiment_by_name(name)  # someone else just made it
+                if experiment is None:
+                    raise
+            else:
+                self._experiments[name] = experiment_id
+                return experiment_id
+        if experiment.lifecycle_stage == "deleted":
+            raise MlflowException(
+                f"MLflow experiment {name!r} (id {experiment.experiment_id}) is deleted in "
+                f"{self._display_uri}; restore it (mlflow experiments restore --experiment-id "
+                f"{experiment.experiment_id}) or log to another experiment",
+                error_code="INVALID_STATE",
+            )
+        self._experiments[name] = experiment.experiment_id
+        return experiment.experiment_id
+
+    def _op_open(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Find or create the run; returns its ids and the params it already holds."""
+        for name in spec["experiments"]:
+            self._op_experiment(name)
+        experiment_id = self._op_experiment(spec["experiment"])
+        run = self._find_run(spec, experiment_id)
+        if run is None:
+            run = self._client.create_run(
+                experiment_id, start_time=spec["start_ms"], tags=spec["tags"], run_name=spec["run_name"]
+            )
+        return {
+            "run_id": run.info.run_id,
+            "experiment_id": run.info.experiment_id,
+            "params": dict(run.data.params),
+        }
+
+    def _find_run(self, spec: dict[str, Any], experiment_id: str) -> Any:
+        """The run to continue: `resume_run_id` if it still exists, else one tagged with our run id."""
+        from mlflow.entities import ViewType
+        from mlflow.exceptions import MlflowException
+
+        if spec["resume_run_id"]:
+            try:
+                run = self._client.get_run(spec["resume_run_id"])
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+            else:
+                if run.info.lifecycle_stage != "deleted":
+                    return run
+        local_id = spec["tags"][TAG_RUN_ID]
+        if "'" in local_id or "\\" in local_id:
+            return None  # not expressible in MLflow's filter syntax; create a new run
+        # Makes open idempotent: a retry after a lost answer continues the run it created.
+        found = self._client.search_runs(
+            [experiment_id], filter_string=f"tags.`{TAG_RUN_ID}` = '{local_id}'",
+            run_view_type=ViewType.ACTIVE_ONLY, max_results=1,
+        )
+        return found[0] if found else None
+
+    def _op_batch(self, run_id: str, metrics: list[tuple], params: list[tuple], tags: list[tuple]) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        self._client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, ts, step) for k, v, ts, step in metrics],
+            params=[Param(k, v) for k, v in params],
+            tags=[RunTag(k, v) for k, v in tags],
+            synchronous=True,
+        )
+
+    def _op_params(self, run_id: str) -> dict[str, str]:
+        return dict(self._client.get_run(run_id).data.params)
+
+    def _op_artifact(self, run_id: str, path: str, name: str) -> None:
+        """Log the file at `path` as artifact `name` (sub-folders kept)."""
+        folder, _, file_name = name.rpartition("/")
+        if os.path.basename(path) == file_name:
+            self._client.log_artifact(run_id, path, folder or None)
+            return
+        # MLflow names an artifact after its file: give the file the artifact's name.
+        with tempfile.TemporaryDirectory(prefix="mlflow-sink-") as tmp:
+            staged = os.path.join(tmp, file_name)
+            try:
+                os.link(path, staged)
+            except OSError:
+                shutil.copyfile(path, staged)
+            self._client.log_artifact(run_id, staged, folder or None)
+
+    def _op_terminate(self, run_id: str, status: str, end_ms: int) -> None:
+        self._client.set_terminated(run_id, status, end_time=end_ms)
+
+
+def _prepare_sqlite(uri: str, artifact_location: str | None) -> None:
+    """Create the database's folder, and a new database with its artifact root next to it.
+
+    MLflow puts the Default experiment's artifacts under ./mlruns of whichever directory the first
+    client happened to run in; creating the database here pins them next to the database.
+    """
+    db_path = Path(uri[len("sqlite:///"):].partition("?")[0])
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    if db_path.exists() or artifact_location is None:
+        return
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        SqlAlchemyStore(uri, artifact_location).engine.dispose()
+    except Exception as exc:  # not public API: if it moved, MLflow creates the database itself
+        _logger.debug("mlflow sink: could not pre-create %s (%s); MLflow will", db_path, exc)
