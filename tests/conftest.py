@@ -10,7 +10,7 @@ from tracking import Tracker
 
 @pytest.fixture
 def make_tracker(tmp_path):
-    """Build trackers under tmp_path; any run left open is ended at teardown."""
+    """Build trackers under tmp_path; at teardown any run left open is ended and the agents let go."""
     made: list[Tracker] = []
 
     def make(sinks=("json",), mode="async", **kwargs) -> Tracker:
@@ -22,7 +22,7 @@ def make_tracker(tmp_path):
 
     yield make
     for tracker in made:
-        tracker.end_run(timeout_s=5.0)
+        tracker.close(timeout_s=5.0)
 
 
 @pytest.fixture(autouse=True)

@@ -63,12 +63,22 @@ def test_show_prints_config_tags_metrics_and_delivery(make_tracker):
     assert missing.returncode == 2 and "no run at" in missing.stderr
 
 
-def test_replay_refuses_a_journal_entry_that_would_leave_the_run_directory(make_tracker, tmp_path):
+def test_replay_skips_a_journal_entry_that_would_leave_the_run_directory(make_tracker, tmp_path):
+    """A journal is data from disk: an entry pointing outside the run is skipped with a warning and
+    counted as lost; everything else is delivered; no traceback, nothing read or written outside."""
     base, run_dir = _run(make_tracker)
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"\x89PNG\r\n\x1a\n not ours")
     journal = run_dir / "journal.jsonl"
     lines = journal.read_bytes().splitlines(keepends=True)
-    evil = b'["batch",32,[["artifact","x","../../outside.txt",0.0]]]\n'
+    evil = b'["batch",32,[["figure","x","../../outside.png",0.0],["metrics",{"loss":9.0},30,0.0]]]\n'
     journal.write_bytes(b"".join(lines[:-1]) + evil + lines[-1])
     out = _cli("replay", str(run_dir), "--to", "tensorboard")
-    assert out.returncode == 2 and "must not contain '..'" in out.stderr and "Traceback" not in out.stderr
-    assert not (tmp_path / "outside.txt").exists()
+    assert out.returncode == 0 and "replayed 33 events" in out.stdout, out.stderr
+    assert "was skipped" in out.stderr and "Traceback" not in out.stderr
+    assert read_meta(run_dir)["sinks"]["tensorboard"]["lost"] == 1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    assert [s.step for s in acc.Scalars("loss")] == list(range(31)) and acc.Tags()["images"] == []

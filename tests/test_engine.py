@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tracking import PermanentSinkError
-from tracking.agent.cursors import DeliveryStore, SinkBusyError
+from tracking.agent.cursors import DeliveryStore
 from tracking.agent.engine import Outcome, RetryPolicy, SinkSlot, SlotState
 from tracking.events import METRICS, Metrics
 from tracking.sinks.base import RunContext

@@ -143,3 +143,71 @@ def test_a_bad_value_in_log_metrics_logs_nothing(tracker):
         tracker.log_metrics({"good": 1.0, "bad": "x"}, step=0)
     tracker.flush()
     assert tracker.stats().enqueued == 0
+
+
+def test_bad_values_cost_only_themselves_everywhere(tmp_path):
+    """Each odd call sits between two good ones in a DualTracker run: it is refused at the call with
+    our error type, and every good value reaches every sink (it once killed the worker, or made
+    MLflow refuse the batch around it for good)."""
+    from mlflow.tracking import MlflowClient
+
+    from tracking import DualTracker, InvalidParamError
+    from tracking.rundir import read_meta
+
+    png = tmp_path / "f.bin"
+    png.write_bytes(b"x")
+    tracker = DualTracker(local_base_dir=tmp_path / "runs", mlflow_tracking_uri=f"sqlite:///{tmp_path}/m.db")
+    cases = [
+        (InvalidStepError, lambda: tracker.log_metric("x", 1.0, step=2**64)),
+        (InvalidStepError, lambda: tracker.log_metric("x", 1.0, step=2**63)),
+        (InvalidStepError, lambda: tracker.log_metrics({"x": 1.0}, step=np.uint64(2**64 - 1))),
+        (InvalidKeyError, lambda: tracker.log_metric("a\udc80", 1.0)),
+        (InvalidKeyError, lambda: tracker.log_metrics({"a\udc80": 1.0})),
+        (InvalidKeyError, lambda: tracker.set_tag("k\udc80", "v")),
+        (InvalidParamError, lambda: tracker.set_tag("k", "v\udc80")),
+        (InvalidParamError, lambda: tracker.log_params({"p": "a\udc80"})),
+        (InvalidParamError, lambda: tracker.log_params({"nested": {"q\udc80": 1}})),
+        (InvalidParamError, lambda: tracker.log_params({"p": 2**70})),
+        (InvalidMetricError, lambda: tracker.log_metric("x", 10**400)),
+        (InvalidMetricError, lambda: tracker.log_metrics({"x": 10**400})),
+        (InvalidNameError, lambda: tracker.log_artifact(png, "a" * 300)),
+        (InvalidNameError, lambda: tracker.log_figure(b"\x89PNG\r\n\x1a\n", "f" * 250)),
+        (InvalidNameError, lambda: tracker.create_experiment("e\udc80")),
+    ]
+    try:
+        with pytest.raises(InvalidNameError, match="too long for a file name"):
+            tracker.start_run("r" * 300)
+        run_id = tracker.start_run("bad_values")
+        step = 0
+        for error, call in cases:
+            tracker.log_metric("good", float(step), step=step)
+            with pytest.raises(error):
+                call()
+            step += 1
+        tracker.log_metric("good", float(step), step=step)
+        report = tracker.end_run()
+    finally:
+        tracker.close()
+    assert report.complete and report.events == len(cases) + 1, report.summary()
+    run_dir = tmp_path / "runs" / run_id
+    assert json.load(open(run_dir / "metrics.json")) == {"good": float(len(cases))}
+    history = MlflowClient(f"sqlite:///{tmp_path}/m.db").get_metric_history(read_meta(run_dir)["mlflow_run_id"], "good")
+    assert sorted(m.step for m in history) == list(range(len(cases) + 1))
+
+
+def test_a_value_that_breaks_while_being_journaled_costs_only_itself(make_tracker):
+    """What passes the call's checks but can't be written (an object whose str() raises) is left out
+    with an error logged; the writer thread lives on and the run is whole otherwise."""
+
+    class Unprintable:
+        def __str__(self):
+            raise RuntimeError("no text for you")
+
+    tracker = make_tracker(["json"])
+    run_id = tracker.start_run()
+    tracker.log_metric("x", 1.0, step=0)
+    tracker.log_params({"obj": Unprintable()})
+    tracker.log_metric("x", 2.0, step=1)
+    report = tracker.end_run()
+    assert report.events == 2 and report.complete
+    assert json.load(open(tracker.base_dir / run_id / "metrics.json")) == {"x": 2.0}

@@ -50,8 +50,11 @@ def test_sigkill_then_replay_keeps_every_flushed_event(tmp_path):
     run_dir = tmp_path / run_id
     values = [ev[1]["x"] for _, ev in read_journal(run_dir).events]
     assert len(values) >= 20000 and values == [float(i) for i in range(len(values))]
-    assert read_meta(run_dir)["status"] == "RUNNING"  # it never ended: the meta says so honestly
-    out = _cli("replay", str(run_dir), "--to", "tensorboard")
+    deadline = time.monotonic() + 30  # the agent ends the run for the killed process
+    while read_meta(run_dir)["status"] == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert read_meta(run_dir)["status"] == "KILLED"
+    out = _cli("replay", str(run_dir), "--to", "tensorboard")  # a sink the run did not have
     assert out.returncode == 0 and f"replayed {len(values)} events" in out.stdout, out.stderr
 
 
@@ -100,7 +103,8 @@ def test_disk_full_under_the_json_sink_is_reported_and_other_sinks_go_on(make_tr
         raise OSError(errno.ENOSPC, "No space left on device")
 
     good = RecordingSink("good")
-    tracker = make_tracker(["json", good], retry=RetryPolicy(initial_s=0.05, max_s=0.1))
+    # Sync mode: the JSON sink runs in this process, where the test fills the disk under it.
+    tracker = make_tracker(["json", good], mode="sync", retry=RetryPolicy(initial_s=0.05, max_s=0.1))
     run_id = tracker.start_run("enospc")
     monkeypatch.setattr(json_sink, "write_json_atomic", no_space)  # the disk fills up mid-run
     for step in range(100):

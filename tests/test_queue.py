@@ -12,16 +12,17 @@ class Marker:
 
 
 def test_drop_policy_never_drops_another_threads_marker():
-    """The newest item may be a flush marker another thread put right after our event: it stays."""
+    """The race: our event is appended, another thread's flush marker lands right after it, and then
+    our put() sees the queue full and drops the newest item, which is that marker. It must stay."""
     queue = EventQueue(64 * 1024, DROP)
-    while len(queue) < queue.max_events:
+    for _ in range(queue.max_events - 1):
         queue.put(("metrics", {"x": 1.0}, None, 0.0))
+    queue._items.append(("metrics", {"x": 2.0}, None, 0.0))  # our put(), before its length check
     marker = Marker()
-    queue.put_control(marker)
-    for _ in range(100):
-        queue.put(("metrics", {"x": 2.0}, None, 0.0))
+    queue.put_control(marker)  # another thread's flush()
+    queue._on_pressure()  # our put()'s length check, now
     items = queue.drain(len(queue))
-    assert items.count(marker) == 1 and queue.dropped > 0
+    assert items[-1] is marker and items[-2][1] == {"x": 2.0}
 
 
 def test_drop_policy_under_two_flooding_threads_keeps_every_marker():

@@ -22,21 +22,30 @@ def third_party_sink(tmp_path, monkeypatch):
     pkg = site / "acme_sink"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text(textwrap.dedent("""
+        import json, os
+
         class AcmeSink:
+            \"\"\"Writes what it sees to acme.jsonl in the run directory, with the pid that saw it.\"\"\"
+
             name = "acme"
-            seen = []
 
             def open(self, run):
-                AcmeSink.seen.append(("open", run.run_id))
+                self._file = open(os.path.join(run.run_dir, "acme.jsonl"), "a")
+                self._seen(["open", run.run_id])
 
             def write(self, events):
-                AcmeSink.seen.extend(("event",) + tuple(e[:2]) for e in events)
+                for event in events:
+                    self._seen(["event", event[0], event[1]])
 
             def flush(self):
-                pass
+                self._file.flush()
 
             def close(self, status):
-                AcmeSink.seen.append(("close", status))
+                self._seen(["close", status])
+                self._file.close()
+
+            def _seen(self, what):
+                self._file.write(json.dumps([os.getpid(), *what]) + "\\n")
     """))
     info = site / "acme_sink-1.0.dist-info"
     info.mkdir()
@@ -47,15 +56,20 @@ def third_party_sink(tmp_path, monkeypatch):
     yield "acme"
 
 
-def test_third_party_sink_is_found_by_name(third_party_sink, make_tracker):
+def test_third_party_sink_is_found_by_name_and_built_in_the_agent(third_party_sink, make_tracker):
+    import json
+    import os
+
     assert "acme" in available_sinks()
     tracker = make_tracker(["json", "acme"])
     run_id = tracker.start_run()
     tracker.log_metric("loss", 0.5, step=0)
-    tracker.end_run()
-    import acme_sink
-
-    assert acme_sink.AcmeSink.seen == [("open", run_id), ("event", "metrics", {"loss": 0.5}), ("close", "FINISHED")]
+    report = tracker.end_run()
+    assert report.sinks["acme"]["placement"] == "agent"
+    seen = [json.loads(line) for line in open(tracker.base_dir / run_id / "acme.jsonl")]
+    pids = {pid for pid, *_ in seen}
+    assert [what for _, *what in seen] == [["open", run_id], ["event", "metrics", {"loss": 0.5}], ["close", "FINISHED"]]
+    assert len(pids) == 1 and os.getpid() not in pids  # the agent's process found it by its entry point
 
 
 def _log_every_kind(tracker, tmp_path):

@@ -155,7 +155,7 @@ class AsyncRun:
             report = sinks.get(name)
             if report is None:
                 report = _missing_report(last_seq, errors.get(name, "no report from its delivery agent"))
-            out[name] = {**report, "undelivered": max(last_seq - int(report.get("delivered_seq", 0)), 0)}
+            out[name] = {**report, "undelivered": max(last_seq - int(report.get("committed_seq", 0)), 0)}
         return out
 
     def stats(self) -> TrackerStats:

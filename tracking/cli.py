@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import logging
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -118,6 +119,9 @@ def _show(run: str, base_dir: Path, as_json: bool) -> int:
 
 
 def _replay(run_dir: str, sinks: Sequence[str], tracking_uri: str | None, timeout_s: float) -> int:
+    _log_to_stderr()
+    # The engine's own account of failing calls is summed up by the one line below (or ReplayError's).
+    logging.getLogger("tracking.agent.engine").setLevel(logging.CRITICAL)
     for name in sinks:
         try:
             result = replay(run_dir, name, tracking_uri, timeout_s=timeout_s)
@@ -132,7 +136,27 @@ def _replay(run_dir: str, sinks: Sequence[str], tracking_uri: str | None, timeou
     return 0
 
 
-def _one_line(exc: BaseException, limit: int = 400) -> str:
+def _log_to_stderr() -> None:
+    """Warnings (a damaged journal line, a key MLflow can't take) as one line each on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineFormatter("warning: %(message)s"))
+    for name in ("tracking", "py.warnings"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+    logging.captureWarnings(True)
+
+
+class _OneLineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == "py.warnings" and record.args:
+            first_line = str(record.args[0]).split("\n", 1)[0]  # "file:line: Category: message"
+            record.msg, record.args = first_line.split(": ", 2)[-1], ()
+        return _one_line(super().format(record), limit=600)
+
+
+def _one_line(exc: BaseException | str, limit: int = 400) -> str:
     text = " ".join(str(exc).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

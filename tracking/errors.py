@@ -1,8 +1,8 @@
 """The exceptions this package raises, in one place.
 
-Raised on the caller's thread, at the call that was wrong: the worker never raises into user code.
-The sink errors at the end are raised by sinks, on whichever thread calls the sink (the worker's, or
-the caller's in sync mode), and are caught there. Every message names the bad value and says what
+Raised on the caller's thread, at the call that was wrong: the writer thread and the delivery agent
+never raise into user code. The sink errors at the end are raised by sinks, wherever the sink runs
+(the delivery agent, or the caller's thread in sync mode), and are caught there by the engine. Every message names the bad value and says what
 would be accepted instead.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ class InvalidNameError(TrackingError, ValueError):
 
 
 class InvalidParamError(TrackingError, ValueError):
-    """A param or config value can't be recorded: a string that is not valid text, an int past 64 bits."""
+    """A param, config or tag value can't be recorded: a string that is not valid text, an int past 64 bits."""
 
 
 class NoActiveRunError(TrackingError, RuntimeError):
@@ -72,13 +72,22 @@ class UnknownSinkError(TrackingError, LookupError):
 
 
 class QueueClosedError(TrackingError, RuntimeError):
-    """The worker is gone (closed or dead), so an event could not be enqueued."""
+    """The writer thread is gone (the run ended, or it died), so an event could not be enqueued."""
 
 
-# A plain Exception, as it was in tracking.sinks.base: under TrackingError, code that catches
-# TrackingError around sink calls (the CLI's replay) would start catching it too.
+# A plain Exception, not a TrackingError: it is a sink's word to the engine, never raised to the
+# training loop, and third-party sinks raise it.
 class PermanentSinkError(Exception):
-    """Raised by `Sink.write` for a batch the sink will never accept; it is skipped, not retried."""
+    """Raised by a sink for what it will never accept: from `write`, those events (not retried).
+
+    rejected: how many of the batch's events were refused, when the sink delivered the others
+        itself; None (the default) means the batch as a whole, and the engine splits it to find
+        the refused events and deliver the rest.
+    """
+
+    def __init__(self, message: str = "", rejected: int | None = None) -> None:
+        super().__init__(message)
+        self.rejected = rejected
 
 
 class MLflowSinkError(TrackingError, RuntimeError):

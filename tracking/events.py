@@ -1,23 +1,24 @@
 """Events: the small immutable values that travel from a log call to the sinks.
 
 Built on the caller's thread by the functions here (validation and value capture only: no I/O, no
-serialisation, no device synchronisation); read on the worker thread and by sinks.
+serialisation, no device synchronisation); prepared on the writer thread (`tracking.run_journal`)
+and read by the delivery agent and sinks.
 
-An event is a plain tuple whose first item names its kind. Plain tuples cost about half what a
-NamedTuple costs to build, and building one is most of what a log call does. The layouts:
+On the caller's side an event is a plain tuple whose first item names its kind. Plain tuples cost
+about half what a NamedTuple costs to build, and building one is most of what a log call does:
 
     (METRICS,    values: dict[str, float], step: int | None, timestamp_s: float)
     (PARAMS,     params: dict[str, object], timestamp_s)
     (TAG,        key: str, value: str, timestamp_s)
     (ARTIFACT,   name: str, path: str, timestamp_s)      path: the snapshot inside the run directory
-    (FIGURE,     name: str, path: str, timestamp_s)      path: the PNG inside the run's figures/
+    (FIGURE,     name: str, png: bytes, timestamp_s)     the writer thread writes the PNG to figures/
     (EXPERIMENT, name: str, timestamp_s)                 an experiment to create (MLflow maps it)
 
-Before sinks see a METRICS event its step is resolved (never None) and every value is a float.
-A FIGURE event leaves the caller holding the PNG's bytes; the worker writes them to a file of its
-own (a figure logged twice under one name gets two files) and hands sinks the path.
-`METRICS_DEFERRED` is the caller-side form of a METRICS event holding CUDA snapshots; the worker
-reads them (`resolve_deferred`) and hands sinks a plain METRICS event.
+Before the journal holds a METRICS event its step is resolved (never None) and every value is a
+float; a FIGURE event holds its file's path instead of the bytes (a figure logged twice under one
+name gets two files). `METRICS_DEFERRED` is the caller-side form of a METRICS event holding CUDA
+snapshots; the writer reads them (`resolve_deferred`). Sinks receive the same layouts typed
+(`Metrics`, `Params`, ... below): NamedTuples, so `event[0]` is still the kind.
 """
 from __future__ import annotations
 
@@ -48,7 +49,6 @@ __all__ = [
     "check_text",
     "MAX_STEP",
     "MAX_NAME_BYTES",
-    "PNG_SIGNATURE",
     "copy_params",
     "resolve_deferred",
     "StepResolver",
@@ -81,11 +81,10 @@ MAX_STEP = 2**63 - 1
 MAX_NAME_BYTES = 255
 #: what orjson (so the journal) can hold of an int
 _MIN_INT, _MAX_UINT = -(2**63), 2**64 - 1
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class CudaScalar:
-    """An asynchronous host copy of a CUDA scalar, read on the worker.
+    """An asynchronous host copy of a CUDA scalar, read on the writer thread.
 
     The copy is queued on the tensor's current stream into pinned memory and an event is recorded
     after it, so the caller never waits for the GPU; `read()` (worker thread) waits on that event.
@@ -225,11 +224,11 @@ def check_key(key: Any, what: str = "metric") -> str:
     return key
 
 
-def check_text(value: str, what: str) -> str:
-    """`value` if it can be written as UTF-8; raises InvalidNameError otherwise."""
+def check_text(value: str, what: str, error: type[Exception] = InvalidNameError) -> str:
+    """`value` if it can be written as UTF-8; raises `error` (InvalidNameError) otherwise."""
     if not value.isascii() and not _is_text(value):
-        raise InvalidNameError(f"{what} must be valid text, got {value!r} (it holds a lone surrogate, "
-                               "which no file or server can store; decode bytes with errors='replace')")
+        raise error(f"{what} must be valid text, got {value!r} (it holds a lone surrogate, which no "
+                    "file or server can store; decode bytes with errors='replace')")
     return value
 
 
@@ -345,7 +344,7 @@ class StepResolver:
 
     So `log_metric("loss", x)` called repeatedly steps 0, 1, 2, ... per key, and `log_metrics(d)`
     without a step gives all of d's values one shared step. Runs where events are put in order
-    (the worker, or the caller in sync mode), so both modes give the same steps.
+    (the writer thread, or the caller in sync mode), so both modes give the same steps.
 
     Events with a step (the trainer's) only note the highest step per key *set* (one tuple and
     one dict lookup, not one per key); the per-key table is brought up to date from those notes

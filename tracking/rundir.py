@@ -142,5 +142,5 @@ def finish_meta(
 #: the keys of a sink's report that describe delivery; the others are facts the sink returned
 _SINK_REPORT_KEYS = frozenset({
     "delivered", "delivered_seq", "committed_seq", "undelivered", "rejected", "lost", "errors", "last_error",
-    "state", "closed", "placement",
+    "journal_chunks", "state", "closed", "placement",
 })

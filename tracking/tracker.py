@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -40,6 +41,7 @@ from .errors import (
     ArtifactNotFoundError,
     InvalidKeyError,
     InvalidNameError,
+    InvalidParamError,
     NoActiveRunError,
     RunAlreadyActiveError,
     RunEndedError,
@@ -160,7 +162,7 @@ class Tracker:
         for name, value in (("memory_budget_bytes", memory_budget_bytes), ("batch_max_events", batch_max_events),
                             ("max_sink_backlog_events", max_sink_backlog_events)):
             if type(value) is not int or value <= 0:
-                raise ValueError(f"{name} must be an int > 0, got {value!r}")
+                raise ValueError(f"{name} must be > 0 (an int), got {value!r}")
         for name, value in (("batch_interval_s", batch_interval_s), ("flush_timeout_s", flush_timeout_s),
                             ("end_timeout_s", end_timeout_s), ("catch_up_timeout_s", catch_up_timeout_s),
                             ("journal_fsync_interval_s", journal_fsync_interval_s),
@@ -263,6 +265,8 @@ class Tracker:
                 links.append(AgentLink(local, self._agent_options, THREAD, objects=objects))
             self._links = links
             lifecycle.track_links(self)
+            # A tracker dropped without close() lets its agents go too (they hold no reference to it).
+            weakref.finalize(self, _close_links, links)
         return self._links
 
     def end_run(self, status: str = "FINISHED", timeout_s: float | None = None,
@@ -386,7 +390,8 @@ class Tracker:
     def set_tag(self, key: str, value: Any) -> None:
         """Set a tag (kept as text) on the run."""
         check_key(key, what="tag")
-        self._emit((TAG, key, check_text(value if type(value) is str else str(value), "tag value"), _time()))
+        text = check_text(value if type(value) is str else str(value), "tag value", InvalidParamError)
+        self._emit((TAG, key, text, _time()))
 
     def log_artifact(self, local_path: str | os.PathLike, artifact_name: str | None = None) -> None:
         """Keep a copy of a file, as it is now, under the run's `artifacts/` (and in MLflow).
@@ -510,6 +515,11 @@ def _png_bytes(figure: Any) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def _close_links(links: list[AgentLink]) -> None:
+    for link in links:
+        link.close(timeout_s=0)
 
 
 def _detect_rank() -> int:

@@ -1,6 +1,9 @@
 """Sinks for tests: real implementations of the contract that record, fail or stall on purpose.
 
-Called from the worker's pool threads (async mode) or the caller's thread (sync mode).
+They keep what they receive in the test's own process (`stay_in_process = True`), so async mode
+serves them on a delivery thread of the training process, with the same engine as the agent
+process: called from that thread's event loop or its pool threads (async mode), or from the
+caller's thread (sync mode).
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ class RecordingSink:
     """Keeps every call it receives, in order."""
 
     name = "recording"
+    stay_in_process = True  # the test reads what it received
 
     def __init__(self, name: str = "recording") -> None:
         self.name = name

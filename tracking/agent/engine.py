@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..sinks.base import PermanentSinkError, RunContext, Sink
-from .cursors import DeliveryStore
+from .cursors import DeliveryStore, SinkBusyError
 
 __all__ = ["Outcome", "SlotState", "RetryPolicy", "SinkSlot", "replay_command"]
 
@@ -128,6 +128,7 @@ class SinkSlot:
         self.rejected = 0  #: events the sink refused for good
         self.lost = 0  #: events the journal could not give back (a damaged line)
         self.errors = 0  #: failed calls
+        self.journal_chunks = 0  #: chunks read back from the journal (the sink fell behind what is in memory)
         self.last_error: str | None = None
         self.facts: dict[str, Any] = {}
         self.checkpoint: Any = None
@@ -137,6 +138,19 @@ class SinkSlot:
         self._failing_since: float | None = None
         self._resumed = self._resume((store.load(self.name) if store is not None else None) or saved)
         self.run = dataclasses.replace(run, resume=self._resume_context())
+
+    @classmethod
+    def claim(cls, sink: Sink, run: RunContext, store: DeliveryStore, **kwargs: Any) -> SinkSlot:
+        """A slot resumed from the sink's committed state once this process is its one deliverer;
+        a slot that has given up (and says why) when another live process delivers it."""
+        try:
+            store.claim(sink.name)
+        except (SinkBusyError, OSError) as exc:
+            slot = cls(sink, run, **kwargs)
+            slot.state, slot.last_error = SlotState.GAVE_UP, str(exc)
+            _logger.error("tracking: %s", exc)
+            return slot
+        return cls(sink, run, store=store, **kwargs)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -325,16 +339,21 @@ class SinkSlot:
     # -- reporting -----------------------------------------------------------------------------
 
     def report(self, last_seq: int) -> dict[str, Any]:
-        """The slot as `RunReport.sinks[name]`, meta.json and `show` give it."""
+        """The slot as `RunReport.sinks[name]`, meta.json and `show` give it.
+
+        `undelivered` counts what is not durable in the sink yet (after its committed cursor): what
+        a replay would send. `delivered_seq` is how far the sink has been handed events.
+        """
         return {
             "delivered": self.delivered,
             "delivered_seq": self.delivered_seq,
             "committed_seq": self.committed_seq,
-            "undelivered": max(last_seq - self.delivered_seq, 0),
+            "undelivered": max(last_seq - self.committed_seq, 0),
             "rejected": self.rejected,
             "lost": self.lost,
             "errors": self.errors,
             "last_error": self.last_error,
+            "journal_chunks": self.journal_chunks,
             "state": self.state.value,
             "closed": self.state is SlotState.CLOSED,
             "placement": self.placement,

@@ -19,7 +19,7 @@ from ..journal import JournalReader
 from ..journal.reader import DEFAULT_CHUNK_EVENTS
 from ..run_journal import RunJournal
 from ..sinks.base import RunContext, Sink
-from .cursors import DeliveryStore, SinkBusyError
+from .cursors import DeliveryStore
 from .engine import Outcome, RetryPolicy, SinkSlot, SlotState
 
 __all__ = ["InlineDelivery"]
@@ -39,18 +39,14 @@ class InlineDelivery:
         self.journal = run_journal
         self.reader = JournalReader(run.run_dir)
         self.store = DeliveryStore(run.run_dir)
-        self.slots = [SinkSlot(sink, run, retry=retry, lock=lock, store=self.store, placement="inline")
+        self.slots = [SinkSlot.claim(sink, run, self.store, retry=retry, lock=lock, placement="inline")
                       for sink, lock in sinks]
         self._commit_interval_s = commit_interval_s
         # Guards the journal and the slots: one event at a time, in one order, for every thread.
         self._lock = threading.RLock()
         for slot in self.slots:
-            try:
-                self.store.claim(slot.name)
-            except (SinkBusyError, OSError) as exc:
-                slot.state, slot.last_error = SlotState.GAVE_UP, str(exc)
-                continue
-            slot.open()
+            if not slot.done:
+                slot.open()
 
     def emit(self, event: tuple) -> None:
         with self._lock:
@@ -103,6 +99,7 @@ class InlineDelivery:
         while slot.delivered_seq < upto:
             if slot.done or not slot.ready() or (deadline is not None and time.monotonic() >= deadline):
                 return False
+            slot.journal_chunks += 1
             first, events = self.reader.read(slot.delivered_seq + 1, DEFAULT_CHUNK_EVENTS, upto)
             if not events:
                 slot.skip_to(first if first > slot.delivered_seq + 1 else upto + 1)

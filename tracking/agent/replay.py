@@ -84,6 +84,8 @@ def _build_sink(name: str, tracking_uri: str | None, meta: dict[str, Any]) -> Si
 def _deliver(run_dir: Path, meta: dict[str, Any], reader: JournalReader, last: int, sink: Sink,
              store: DeliveryStore, timeout_s: float, chunk_events: int) -> ReplayResult:
     legacy = (meta.get("sinks") or {}).get(sink.name)  # runs recorded before delivery/ existed
+    if legacy:
+        legacy = {**legacy, "delivered_seq": legacy.get("committed_seq", legacy.get("delivered_seq", 0))}
     run = RunContext(
         run_id=meta["run_id"], run_name=meta.get("run_name", "run"), run_dir=run_dir,
         experiment=meta.get("experiment", "Default"), config=reader.header.get("config", {}),
@@ -96,6 +98,7 @@ def _deliver(run_dir: Path, meta: dict[str, Any], reader: JournalReader, last: i
     deadline = time.monotonic() + timeout_s
     _until_delivered(slot, slot.open, deadline)
     while slot.delivered_seq < last:
+        slot.journal_chunks += 1
         first, events = reader.read(slot.delivered_seq + 1, chunk_events, last)
         if not events:
             slot.skip_to(first if first > slot.delivered_seq + 1 else last + 1)

@@ -33,7 +33,7 @@ from ..journal import JournalReader
 from ..journal.reader import DEFAULT_CHUNK_EVENTS
 from ..rundir import finish_meta
 from ..sinks.base import RunContext, Sink
-from .cursors import DeliveryStore, SinkBusyError
+from .cursors import DeliveryStore
 from .engine import Outcome, SinkSlot, SlotState
 from .protocol import (
     AgentOptions, Configure, Configured, Ended, EndRun, Flush, Flushed, LogRecord, OpenRun, Progress, Shutdown,
@@ -97,22 +97,14 @@ class RunService:
         self.known_seq = 0  #: the last seq known to be journaled
         self.ending: EndRun | None = None
         self.write_meta = False  #: this agent writes the run's final meta.json
-        self.flushes: list[tuple[int, int]] = []  # (token, seq) not answered yet
+        self.flushes: list[tuple[int, int]] = []  # (token, seq) not answered yet, tokens ascending
+        self._flushed: dict[str, int] = {}  # sink -> the latest flush token it has committed for
         self.resumed = resume
-        self.slots = [self._slot(sink, lock, placement) for sink, lock, placement in agent.sinks]
+        self.slots = [SinkSlot.claim(sink, run, self.store, retry=self.options.retry, lock=lock, placement=placement)
+                      for sink, lock, placement in agent.sinks]
         self._changed = anyio.Event()
         self._scope = anyio.CancelScope()
         self._last_progress = 0.0
-
-    def _slot(self, sink: Sink, lock: threading.Lock, placement: str) -> SinkSlot:
-        slot = SinkSlot(sink, self.run, retry=self.options.retry, lock=lock, store=self.store, placement=placement)
-        try:
-            self.store.claim(slot.name)
-        except (SinkBusyError, OSError) as exc:
-            slot.state = SlotState.GAVE_UP
-            slot.last_error = str(exc)
-            _logger.error("tracking: %s", exc)
-        return slot
 
     # -- the loop's side (messages, wake-ups) ------------------------------------------------------
 
@@ -198,7 +190,10 @@ class RunService:
             await self._deliver(slot)
             return True
         if self._commit_due(slot, now):
+            asked = self._flush_asked(slot)
             if await self._call(slot, slot.commit) is Outcome.DELIVERED:
+                if asked:
+                    self._flushed[slot.name] = max(self._flushed.get(slot.name, 0), asked)
                 self._answer_flushes()
                 self._send_progress()
             return True
@@ -212,6 +207,7 @@ class RunService:
         events = self.fresh.take(seq)
         first = seq
         if events is None:
+            slot.journal_chunks += 1
             first, events = await anyio.to_thread.run_sync(
                 self.reader.read, seq, DEFAULT_CHUNK_EVENTS, self.known_seq, abandon_on_cancel=True)
         if not events:
@@ -222,13 +218,18 @@ class RunService:
         await self._call(slot, slot.write, first, events)
 
     def _commit_due(self, slot: SinkSlot, now: float) -> bool:
+        if self._flush_asked(slot):
+            return True  # every flush() reaches the sink's flush(), once the sink has its events
         if slot.committed_seq >= slot.delivered_seq:
             return False
         if self.ending is not None and slot.delivered_seq >= self.ending.final_seq:
             return False  # close() makes it durable
-        if now - slot.last_commit >= self.options.commit_interval_s:
-            return True
-        return any(slot.committed_seq < seq for _, seq in self.flushes)
+        return now - slot.last_commit >= self.options.commit_interval_s
+
+    def _flush_asked(self, slot: SinkSlot) -> int:
+        """The latest flush token this sink has its events for and has not committed for (0: none)."""
+        done = self._flushed.get(slot.name, 0)
+        return max((token for token, seq in self.flushes if token > done and seq <= slot.delivered_seq), default=0)
 
     async def _wait(self, slot: SinkSlot) -> None:
         timeout = None
@@ -257,7 +258,7 @@ class RunService:
             return
         waiting = [s for s in self.slots if s.healthy and not s.done]
         for token, seq in list(self.flushes):
-            if all(s.committed_seq >= seq for s in waiting):
+            if all(self._flushed.get(s.name, 0) >= token for s in waiting):
                 self.flushes.remove((token, seq))
                 self.agent.send(Flushed(token, self.run.run_id, True, self.reports()))
 

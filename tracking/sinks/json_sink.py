@@ -1,6 +1,7 @@
 """The JSON sink: `config.json`, `metrics.json` and `step_metrics.csv` in the run directory.
 
-Runs on the worker (or on the caller's thread in sync mode), as every sink; see `tracking.sinks.base`.
+Runs in the delivery agent (or on the caller's thread in sync mode), as every sink; see
+`tracking.sinks.base`.
 
 - `config.json`: the run's config as given, updated by `log_params`; rewritten when it changed.
 - `metrics.json`: the latest value of every metric, a flat `{key: value}` dict (BatteryML's reference
@@ -54,6 +55,10 @@ class JsonSink:
         self.metrics_interval_s = metrics_interval_s
         self.max_rows_in_memory = max_rows_in_memory
         self._run_dir: Path | None = None
+
+    def __reduce__(self) -> tuple:
+        # Sent to the delivery agent as its settings, never with a run's rows.
+        return (type(self), (self.metrics_interval_s, self.max_rows_in_memory))
 
     def open(self, run: RunContext) -> Mapping[str, Any] | None:
         self._run_dir = Path(run.run_dir)

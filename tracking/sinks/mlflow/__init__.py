@@ -2,7 +2,7 @@
 
 Imported on whichever thread builds a sink; each module says which thread or process runs it:
 
-- `sink`: `MLflowSink`, the sink contract (the worker's thread, or the caller's in sync mode);
+- `sink`: `MLflowSink`, the sink contract (in the delivery agent, or on the caller's thread in sync mode);
 - `encode`: events -> plain requests within MLflow's limits (the sink's thread);
 - `backends`: where MLflow runs, on the sink's thread or in a helper process (the sink's thread);
 - `helper`: the helper process's entry point (the helper process);

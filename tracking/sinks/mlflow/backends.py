@@ -1,6 +1,6 @@
 """Backends: where the MLflow store (`store._Store`) runs, behind one ``call(op, *args)`` and ``stop()``.
 
-Runs on the sink's thread (the worker's, or the caller's in sync mode), one call at a time (the
+Runs on the sink's thread (in the delivery agent, or the caller's in sync mode), one call at a time (the
 sink's lock). `_InlineBackend` runs the store right there; `_HelperBackend` starts the helper
 process (`helper`) and exchanges one request and its answer at a time with it over a socket pair
 (`tracking.channel`). Either raises `MLflowSinkError`, credentials redacted, for a failed call.

@@ -1,6 +1,6 @@
 """Encoding: events -> plain requests within MLflow's limits.
 
-Runs on the sink's thread (the worker's, or the caller's in sync mode), never where MLflow runs:
+Runs on the sink's thread (in the delivery agent, or the caller's in sync mode), never where MLflow runs:
 requests are plain tuples, so that only those cross to the helper process (`backends`), and MLflow's
 entity objects are built on the other side (`store`).
 
@@ -266,7 +266,7 @@ def _figure_name(name: str, path: str) -> str:
 class _Plan:
     """The requests of one write() (or of open's config) and which of them MLflow has accepted.
 
-    Kept across a failed call so that the worker's retry of the same batch sends only the rest.
+    Kept across a failed call so that the engine's retry of the same batch sends only the rest.
     """
 
     __slots__ = ("events", "ops", "done")
@@ -280,7 +280,7 @@ class _Plan:
         mine = self.events
         if mine is events:
             return True
-        # The worker retries with the same list; a batch read back from the journal is an equal
+        # The engine retries with the same list; a batch read back from the journal is an equal
         # copy. (NaN values make equal copies compare unequal: then the batch is sent again and
         # MLflow's SQL stores drop the points they already hold.)
         return (

@@ -1,6 +1,7 @@
 """The MLflow sink: a run's config, params, tags, metrics, artifacts and figures as one MLflow run.
 
-Runs on the worker (or on the caller's thread in sync mode), as every sink; see `tracking.sinks.base`.
+Runs in the delivery agent (or on the caller's thread in sync mode), as every sink; see
+`tracking.sinks.base`.
 The constructor runs on the caller's thread. With ``process=True`` (the default for sqlite and file
 stores) MLflow itself runs in a helper process (`helper`; why: `backends`), and the sink's thread
 only turns events into plain tuples (`encode`) and waits for the helper's answer; otherwise MLflow
@@ -20,15 +21,16 @@ What MLflow gets:
 - ``close``: the run's status (``set_terminated``).
 
 Failures: any MLflow error is raised as `MLflowSinkError` (credentials redacted from the message),
-which the worker retries with back-off; the requests of a batch that MLflow already accepted are not
+which the delivery engine retries with back-off; the requests of a batch that MLflow already accepted are not
 sent again on the retry. A request MLflow can never accept (its error code says so) is skipped, the
 rest of the batch is still sent, and `write` then raises `PermanentSinkError`. HTTP calls are bounded
 (``http_timeout_s``, ``http_max_retries``) so that a server that is down makes a call fail within a
-few seconds instead of MLflow's default of 7 retries with 120 s timeouts; the worker's own back-off
+few seconds instead of MLflow's default of 7 retries with 120 s timeouts; the engine's own back-off
 takes it from there.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -124,6 +126,13 @@ class MLflowSink:
             raise ValueError(f"experiment_name must be a non-empty str or None, got {experiment_name!r}")
         resolved = resolve_tracking_uri(tracking_uri)
         self._resolved = resolved
+        # What a copy of this sink is built from in the delivery agent (see __reduce__).
+        self._settings = dict(
+            tracking_uri=resolved.uri, experiment_name=experiment_name, process=process,
+            http_timeout_s=http_timeout_s, http_max_retries=http_max_retries,
+            http_backoff_factor_s=http_backoff_factor_s, start_timeout_s=start_timeout_s,
+            call_timeout_s=call_timeout_s,
+        )
         self.tracking_uri: str = resolved.redacted
         self.ui_command: str | None = resolved.ui_command
         self.experiment_name = experiment_name
@@ -137,7 +146,7 @@ class MLflowSink:
         if self.process:
             self._backend: Any = _HelperBackend(resolved, env, start_timeout_s, call_timeout_s)
         else:
-            # Set here, on the thread that builds the sink, before any worker thread reads the
+            # Set here, on the thread that builds the sink, before any delivery thread reads the
             # environment; values the user set win.
             for key, value in env.items():
                 os.environ.setdefault(key, value)
@@ -154,6 +163,12 @@ class MLflowSink:
 
     def __repr__(self) -> str:
         return f"MLflowSink({self.tracking_uri!r}, process={self.process})"
+
+    def __reduce__(self) -> tuple:
+        # A copy for the delivery agent is built from the settings, never from a live helper or
+        # lock. The resolved URI (absolute, credentials included) travels over the agent's private
+        # channel, never its argv or environment.
+        return (functools.partial(type(self), **self._settings), ())
 
     @property
     def helper_pid(self) -> int | None:
@@ -214,7 +229,7 @@ class MLflowSink:
                     self._backend.call("terminate", self._run_id, status, int(time.time() * 1000))
                 except MLflowSinkError as exc:
                     if not exc.permanent:
-                        raise  # the worker retries close(); the helper stays up for that
+                        raise  # the engine retries close(); the helper stays up for that
                     # e.g. the run was deleted meanwhile: retrying cannot help, and close must end
                     _logger.warning("mlflow sink: could not set run %s to %s: %s", self._run_id, status, exc)
             self._backend.stop()
@@ -264,7 +279,7 @@ class MLflowSink:
                 self._send(op)
             except MLflowSinkError as exc:
                 if not exc.permanent:
-                    raise  # transient: the worker retries this batch; done requests are skipped
+                    raise  # transient: the engine retries this batch; done requests are skipped
                 if not self._resend_without_held_params(op):
                     rejected.append(f"{op[0]}: {exc}")
             plan.done[index] = True

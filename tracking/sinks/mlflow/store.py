@@ -1,6 +1,6 @@
 """The MLflow calls the sink needs, on plain values; the only module of this package that imports mlflow.
 
-Runs where MLflow runs: in the helper process (`helper`), or on the sink's thread (the worker's, or
+Runs where MLflow runs: in the helper process (`helper`), or on the sink's thread (in the delivery agent, or
 the caller's in sync mode) with ``process=False`` (`backends._InlineBackend`). mlflow is imported
 inside the functions that call it, so importing this module is cheap and works without mlflow.
 

@@ -2,7 +2,7 @@
 
 Imported on whichever thread builds a sink; each module says which thread runs it:
 
-- `sink`: `TensorBoardSink`, the sink contract (the worker's thread, or the caller's in sync mode);
+- `sink`: `TensorBoardSink`, the sink contract (in the delivery agent, or on the caller's thread in sync mode);
 - `event_file`: `_EventFile`, whole appends batched into few writes (the sink's thread);
 - `records`: TFRecord framing and the event records, protobuf by hand (the sink's thread).
 """

@@ -1,6 +1,6 @@
 """TFRecord framing and the event records, as bytes: tensorboardX's `record_writer` layer.
 
-Pure functions (and bounded caches), run on the sink's thread (the worker's, or the caller's in sync
+Pure functions (and bounded caches), run on the sink's thread (the delivery agent's, or the caller's in sync
 mode). Needs the `tensorboard` extra: `sink` imports this module behind the guard that reports what
 is missing.
 

@@ -1,7 +1,7 @@
 """The TensorBoard sink: one event file per run in `{run_dir}/tensorboard/`.
 
-Runs on the worker (or on the caller's thread in sync mode), as every sink; see `tracking.sinks.base`.
-One call at a time per instance, so nothing here takes a lock.
+Runs in the delivery agent (or on the caller's thread in sync mode), as every sink; see
+`tracking.sinks.base`. One call at a time per instance, so nothing here takes a lock.
 
 What TensorBoard's own reader finds there:
 
@@ -14,6 +14,10 @@ What TensorBoard's own reader finds there:
   `config`); TAG events as `tags/<key>`. ARTIFACT and EXPERIMENT events are ignored.
 
 The records are built in `records` (framing, protobuf by hand) and written by `event_file`.
+
+Exactly once across a killed deliverer: `checkpoint()` (called after a flush, saved with the
+delivery cursor) names the event file and its size; a new deliverer's `open` continues that file
+from that size, cutting off what was written after it, and gets every event after the cursor.
 """
 from __future__ import annotations
 
@@ -61,7 +65,7 @@ class TensorBoardSink:
     """
 
     name = "tensorboard"
-    blocking = False  # local files only: the worker calls it on its own thread (see sinks.base)
+    blocking = False  # local files only: the agent calls it on its loop's thread (see sinks.base)
 
     def __init__(self, flush_interval_s: float = 1.0, buffer_bytes: int = 1 << 20) -> None:
         if _MISSING is not None:  # fail when the sink is built, naming the extra to install
@@ -76,6 +80,10 @@ class TensorBoardSink:
         self._config: dict[str, Any] = {}
         self._step = 0
 
+    def __reduce__(self) -> tuple:
+        # Sent to the delivery agent as its settings, never as open files.
+        return (type(self), (self.flush_interval_s, self.buffer_bytes))
+
     def open(self, run: RunContext) -> Mapping[str, Any] | None:
         self._discard_file()  # a retried open() must not leave the previous attempt's file open
         self._run_dir = Path(run.run_dir)
@@ -83,6 +91,9 @@ class TensorBoardSink:
         self._secret_patterns = run.secret_key_patterns
         self._config = redact_config(run.config, self._secret_patterns)  # event files get shared
         self._step = 0
+        checkpoint = (run.resume or {}).get("checkpoint")
+        if isinstance(checkpoint, Mapping) and self._resume(checkpoint):
+            return {"event_file": checkpoint["event_file"]}
         # TensorBoard finds files by "tfevents" in the name; time first so that names sort by age;
         # pid and a counter so that two opens of one run's folder (replay, retried open) never share one.
         name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
@@ -123,8 +134,27 @@ class TensorBoardSink:
         if parts:
             self._file.append(b"".join(parts))
         self._step = step  # only now: a retried batch must see the step it saw the first time
-        if bad_figures:  # the rest of the batch is written; this part can never be
-            raise PermanentSinkError("; ".join(bad_figures))
+        if bad_figures:  # the rest of the batch is written; these figures can never be
+            raise PermanentSinkError("; ".join(bad_figures), rejected=len(bad_figures))
+
+    def checkpoint(self) -> dict[str, Any] | None:
+        """Where the file stands after a flush: what a new deliverer continues from."""
+        if self._file is None:
+            return None
+        return {"event_file": str(self._file.path.relative_to(self._run_dir)), "size": self._file.size,
+                "step": self._step, "config": self._config}
+
+    def _resume(self, checkpoint: Mapping[str, Any]) -> bool:
+        """Continue the event file a killed deliverer left, from its last checkpoint."""
+        path = self._run_dir / str(checkpoint.get("event_file", ""))
+        size = checkpoint.get("size")
+        if not path.is_file() or path.parent != self._run_dir / TENSORBOARD_DIR or not isinstance(size, int):
+            return False
+        self._file = _EventFile(path, self.flush_interval_s, self.buffer_bytes, truncate_to=size)
+        self._step = int(checkpoint.get("step") or 0)
+        if isinstance(checkpoint.get("config"), Mapping):
+            self._config = dict(checkpoint["config"])
+        return True
 
     def _png(self, figure: Any) -> bytes:
         """The PNG bytes of a FIGURE event: a path (absolute or run-relative) or the bytes."""
@@ -138,7 +168,7 @@ class TensorBoardSink:
 
     def close(self, status: str) -> None:
         if self._file is not None:
-            self._file.close()  # if this raises, the file stays: the worker's retry writes the rest
+            self._file.close()  # if this raises, the file stays: the engine's retry writes the rest
             self._file = None
 
     def _discard_file(self) -> None:
