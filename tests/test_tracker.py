@@ -83,7 +83,7 @@ def test_a_sink_that_keeps_up_is_fed_from_memory_not_the_journal(make_tracker):
     the journal is read back only by a sink that fell behind what memory holds."""
     sink = RecordingSink()
     sink.blocking = False  # called on the agent loop's thread, as the JSON and TensorBoard sinks are
-    tracker = make_tracker([sink], batch_max_events=100, max_sink_backlog_events=20_000)
+    tracker = make_tracker([sink], batch_max_events=100)
     tracker.start_run()
     assert tracker.flush(timeout_s=30)  # the sink is open before the producer starts
     for step in range(50_000):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .agent.cursors import DeliveryStore
 from .agent.engine import RetryPolicy, replay_command
 from .agent.inline import InlineDelivery
 from .agent.link import AgentLink
@@ -62,6 +63,7 @@ class AsyncRun:
 
         self.run, self.journal, self.links = run, run_journal, list(links)
         self.sink_names = list(sink_names)
+        self._store = DeliveryStore(run.run_dir)  # read only: the agents write it
         self.writer = WriterThread(run_journal, [link.wake for link in self.links], settings.memory_budget_bytes,
                                    settings.full_queue_policy, settings.batch_interval_s, settings.batch_max_events)
         for link in self.links:
@@ -164,6 +166,10 @@ class AsyncRun:
             sinks.update(link.progress(self.run.run_id))
         queue, last = self.writer.queue, self.journal.last_seq
         sinks = self._complete(sinks, last)
+        for name, report in sinks.items():  # the live cursors: fresher than the agent's last report
+            seq = self._store.peek(name)
+            if seq is not None and seq > report["delivered_seq"]:
+                report["delivered_seq"] = seq
         agent_pid = next((link.pid for link in self.links if link.kind == "process"), None)
         return _stats(sinks, last, len(queue), queue.dropped, self.writer.lag_s, self.journal, agent_pid)
 

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from .events import ARTIFACT, FIGURE, METRICS, METRICS_DEFERRED, TAG, StepResolver, resolve_deferred
+from .events import ARTIFACT, FIGURE, METRICS_DEFERRED, TAG, StepResolver, resolve_deferred
 from .journal import JournalWriter
 from .rundir import FIGURES_DIR
 
@@ -31,13 +31,13 @@ class RunJournal:
         self.run_dir = run_dir
         self.journal = JournalWriter(run_dir, header, fsync_interval_s)
         self.tags: dict[str, str] = {}
-        self.tags_changed = False  #: set when a batch held a tag; cleared by whoever forwards them
         self.errors = 0  #: appends the disk refused
         self.disk_dropped = 0  #: events neither journaled nor held (the disk stayed full too long)
         self.prepare_errors = 0  #: events that could not be prepared (a CUDA read or figure that failed)
         self._hold_events = max(int(hold_events), 1)
         self._held: list[tuple] = []
         self._held_paths = False
+        self._batch_paths = False  # the batch being prepared holds artifact or figure paths
         self._steps = StepResolver()
         self._figure_counts: dict[str, int] = {}
 
@@ -58,17 +58,9 @@ class RunJournal:
     def record(self, events: Sequence[tuple]) -> tuple[int, list[tuple]] | None:
         """Prepare and journal `events` (after any held ones); returns (first seq, events journaled),
         or None if the disk refused them (they are held)."""
-        has_paths = self._held_paths
-        prepared: list[tuple] = []
-        for event in events:
-            try:
-                event = self._prepare(event)
-            except Exception as exc:  # one event must never cost the batch, or the writer thread
-                self._prepare_failed(event, exc)
-                continue
-            if event[0] is ARTIFACT or event[0] is FIGURE:
-                has_paths = True
-            prepared.append(event)
+        self._batch_paths = self._held_paths
+        prepared = self._steps.resolve_all(events, self._prepare_other)
+        has_paths = self._batch_paths
         batch = self._held + prepared if self._held else prepared
         if not batch:
             return None
@@ -112,18 +104,23 @@ class RunJournal:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _prepare(self, event: tuple) -> tuple:
-        kind = event[0]
-        if kind is METRICS:
-            return self._steps.resolve(event)
-        if kind is METRICS_DEFERRED:
-            return self._steps.resolve(resolve_deferred(event))
-        if kind is FIGURE:
-            return self._write_figure(event)
-        if kind is TAG:
-            self.tags[event[1]] = event[2]
-            self.tags_changed = True
-        return event
+    def _prepare_other(self, event: tuple) -> tuple | None:
+        """Everything but a plain METRICS event (the step resolver takes those); None leaves it out."""
+        try:
+            kind = event[0]
+            if kind is METRICS_DEFERRED:
+                return self._steps.resolve(resolve_deferred(event))
+            if kind is FIGURE:
+                self._batch_paths = True
+                return self._write_figure(event)
+            if kind is ARTIFACT:
+                self._batch_paths = True
+            elif kind is TAG:
+                self.tags[event[1]] = event[2]
+            return event
+        except Exception as exc:  # one event must never cost the batch, or the writer thread
+            self._prepare_failed(event, exc)
+            return None
 
     def _write_figure(self, event: tuple) -> tuple:
         """Write the PNG to a file no later figure reuses: sinks may read it after the next one.

@@ -6,6 +6,9 @@ Written by whoever delivers a run to that sink (the agent, sync mode on the call
 over from a killed one, and replay refuses a sink that a live agent still serves. Read by anyone
 (`stats()`, `python -m tracking show`).
 
+Besides, `{sink}.seq` holds the sink's live cursor (how far it has been handed events), rewritten
+in place after every write so that `stats()` can read it without asking the agent.
+
 A state file says how far the sink has got for sure: `delivered_seq` is *committed* (the sink
 flushed every event up to it), with the sink's `checkpoint` from that moment (TensorBoard: the
 event file's size) and the facts its `open` returned (MLflow: the run id). A new deliverer resumes
@@ -16,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,8 @@ from ..rundir import DELIVERY_DIR, write_json_atomic
 __all__ = ["DeliveryStore", "SinkBusyError"]
 
 _logger = logging.getLogger(__name__)
+
+_SEQ = struct.Struct("<Q")
 
 
 class SinkBusyError(RuntimeError):
@@ -38,6 +44,7 @@ class DeliveryStore:
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.dir = Path(run_dir) / DELIVERY_DIR
         self._locks: dict[str, int] = {}
+        self._seq_fds: dict[str, int] = {}
 
     def load(self, sink: str) -> dict[str, Any] | None:
         """The sink's last saved state, or None (never delivered, or unreadable)."""
@@ -88,10 +95,38 @@ class DeliveryStore:
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._locks[sink] = fd
 
+    # -- the live cursor: how far a sink has been handed events, for stats() -------------------
+
+    def publish(self, sink: str, seq: int) -> None:
+        """Write the sink's live cursor (8 bytes in `{sink}.seq`): one pwrite, no message, no wake-up.
+
+        The agent does it after each write; `stats()` in the training process reads it (`peek`)."""
+        fd = self._seq_fds.get(sink)
+        try:
+            if fd is None:
+                self.dir.mkdir(exist_ok=True)
+                fd = self._seq_fds[sink] = os.open(self.dir / f"{sink}.seq", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                                                   0o644)
+            os.pwrite(fd, _SEQ.pack(seq), 0)
+        except OSError:
+            pass  # a full disk: stats() falls back to the agent's last report
+
+    def peek(self, sink: str) -> int | None:
+        """The sink's live cursor, or None if none was published."""
+        try:
+            with open(self.dir / f"{sink}.seq", "rb") as fh:
+                data = fh.read(_SEQ.size)
+        except OSError:
+            return None
+        return _SEQ.unpack(data)[0] if len(data) == _SEQ.size else None
+
     def release(self, sink: str) -> None:
         fd = self._locks.pop(sink, None)
         if fd is not None:
             os.close(fd)  # closing the descriptor drops the lock
+        seq_fd = self._seq_fds.pop(sink, None)
+        if seq_fd is not None:
+            os.close(seq_fd)
 
     def release_all(self) -> None:
         for sink in list(self._locks):
@@ -99,4 +134,4 @@ class DeliveryStore:
 
     def forget_after_fork(self) -> None:
         """In a forked child: the parent holds these locks; the child must not release them."""
-        self._locks = {}
+        self._locks, self._seq_fds = {}, {}

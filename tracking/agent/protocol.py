@@ -29,6 +29,10 @@ class AgentOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     #: how often a sink's cursor is committed while events flow (also at every flush and at the end)
     commit_interval_s: float = 1.0
+    #: how often, at most, the agent reads what the writer appended and hands it to the sinks
+    #: (flush and end_run do not wait for it): rounds of a few hundred ms amortise each round's
+    #: fixed cost (file reads, sink calls) over many events
+    delivery_interval_s: float = 0.25
     #: fresh events kept decoded in memory for sinks that keep up; a sink further behind reads the
     #: journal on its own
     max_sink_backlog_events: int = 100_000

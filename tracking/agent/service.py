@@ -109,16 +109,17 @@ class RunService:
     # -- the loop's side (messages, wake-ups) ------------------------------------------------------
 
     def journal_grew(self) -> None:
-        """Index what the writer appended; decode it once if a sink keeps up."""
-        last = self.reader.refresh()
-        if last <= self.known_seq:
-            return
-        start = max(self.known_seq + 1, last - self.options.max_sink_backlog_events + 1)
-        if any(not s.done and s.delivered_seq + 1 >= start for s in self.slots):
-            first, events = self.reader.read(start, max_events=last - start + 1, to_seq=last)
-            self.fresh.add(first, events)
-        self.known_seq = last
-        self._notify()
+        """Index what the writer appended and, if a sink keeps up, decode it, once for every sink."""
+        backlog = self.options.max_sink_backlog_events
+        if any(not s.done and self.known_seq - s.delivered_seq < backlog for s in self.slots):
+            for first, events in self.reader.tail():
+                self.fresh.add(first, events)
+            last = self.reader.indexed_seq  # what tail() decoded: a line written since waits
+        else:
+            last = self.reader.refresh()
+        if last > self.known_seq:
+            self.known_seq = last
+            self._notify()
 
     def flush(self, token: int, seq: int) -> None:
         if seq > self.known_seq:
@@ -216,6 +217,7 @@ class RunService:
             slot.skip_to(first if first > seq else self.known_seq + 1)
             return
         await self._call(slot, slot.write, first, events)
+        self.store.publish(slot.name, slot.delivered_seq)
 
     def _commit_due(self, slot: SinkSlot, now: float) -> bool:
         if self._flush_asked(slot):
@@ -397,10 +399,13 @@ class Agent:
             self._check_done()
 
     async def _read_wakes(self) -> None:
+        """Read the journals when the writer says they grew, at most every `delivery_interval_s`:
+        the wake-ups of that interval are taken together (each round has a fixed cost: file
+        reads, sink calls). Flush and end requests read the journal at once, without waiting."""
         while True:
             await anyio.wait_readable(self.wake_fd)
             try:
-                if not os.read(self.wake_fd, 4096):
+                if not os.read(self.wake_fd, 65536):
                     return  # every writer closed its end: the journals are read on their own now
             except BlockingIOError:
                 continue
@@ -408,6 +413,7 @@ class Agent:
                 return
             for run in list(self.runs.values()):
                 run.journal_grew()
+            await anyio.sleep(self.options.delivery_interval_s)
 
     async def _watch_parent(self) -> None:
         try:

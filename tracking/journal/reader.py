@@ -66,7 +66,7 @@ class JournalReader:
         self._index_offsets = array("q")  # byte offset of that line
         self._scanned = 0  # bytes of whole lines indexed so far
         self._last_first = 0  # first seq of the last batch line
-        self._last_line: bytes | None = None  # that line, until its events are counted
+        self._uncounted: bytes | None = None  # the last batch line, if its format has no count
         self._last_seq = 0
         self._warned = False
         self._bad_lines: set[int] = set()  # first seqs of batch lines found damaged (counted once)
@@ -78,6 +78,11 @@ class JournalReader:
     def size(self) -> int:
         """Bytes of whole lines indexed so far."""
         return self._scanned
+
+    @property
+    def indexed_seq(self) -> int:
+        """The last seq of the lines indexed so far (no new read of the file)."""
+        return self._last_seq
 
     def refresh(self) -> int:
         """Index the whole lines written since the last call; returns the last seq journaled."""
@@ -101,53 +106,75 @@ class JournalReader:
                 self.header = record[1]
         return self.header
 
-    def _scan_unlocked(self) -> None:
+    def _scan_unlocked(self, collect: bool = False) -> list[tuple[int, bytes]]:
+        """Index the whole lines past what is indexed; with `collect`, return the new batch lines."""
         try:
             fh = open(self.path, "rb")
         except FileNotFoundError:
-            return
+            return []
+        collected: list[tuple[int, bytes]] = []
         with fh:
             fh.seek(self._scanned)
             offset = self._scanned
             for line in _whole_lines(fh):
-                self._index_line(line, offset)
+                first = self._index_line(line, offset)
+                if collect and first is not None:
+                    collected.append((first, line))
                 offset += len(line)
             self._scanned = offset
-        if self._last_line is not None:
-            count = self._count_events(self._last_line)
+        if self._uncounted is not None:  # a line in the format without a count, last in the file
+            count = self._count_events(self._uncounted)
             self._last_seq = self._last_first + count - 1 if count is not None else self._last_first - 1
-            self._last_line = None
+            self._uncounted = None
+        return collected
 
-    def _index_line(self, line: bytes, offset: int) -> None:
+    def _index_line(self, line: bytes, offset: int) -> int | None:
+        """Index one whole line; returns its first seq if it is a batch line."""
         if line.startswith(_BATCH_PREFIX):
-            first = _batch_first_seq(line)
+            first, count = _batch_prefix(line)
             if first is not None and first > self._last_first:
-                if self._last_line is not None:  # the previous line's events end where this one starts
-                    self._last_seq = first - 1
+                if self._uncounted is not None:  # the previous line's events end where this one starts
+                    self._last_seq, self._uncounted = first - 1, None
                 if not self._index_offsets or offset - self._index_offsets[-1] >= _INDEX_EVERY_BYTES:
                     self._index_seqs.append(first)
                     self._index_offsets.append(offset)
-                self._last_first, self._last_line = first, line
-                return
+                self._last_first = first
+                if count is None:
+                    self._uncounted = line
+                else:
+                    self._last_seq = first + count - 1
+                return first
         elif line.startswith(_RUN_PREFIX):
             record = self._loads(line)
             if record is not None and len(record) > 1 and isinstance(record[1], dict):
                 self.header = record[1]
-                return
+                return None
         elif line.startswith(_END_PREFIX):
             record = self._loads(line)
             if record is not None and len(record) > 2:
                 self.end_status, self.end_time = str(record[1]), record[2]
-                return
+                return None
         elif not line.strip():
-            return
+            return None
         self._corrupt(f"an unreadable line at byte {offset}")
+        return None
 
     def _count_events(self, line: bytes) -> int | None:
         record = self._loads(line)
-        if record is None or len(record) != 3 or not isinstance(record[2], list):
-            return None
-        return len(record[2])
+        events = _batch_events(record)
+        return None if events is None else len(events)
+
+    def tail(self) -> list[tuple[int, list[SinkEvent | None]]]:
+        """The batches written since the last `refresh`/`tail`, indexed and decoded in one pass:
+        how the agent reads fresh events once for every sink that keeps up."""
+        with self._lock:
+            lines = self._scan_unlocked(collect=True)
+        out = []
+        for first, line in lines:
+            decoded = self._decode_line(line, first)
+            if decoded is not None:
+                out.append((first, decoded))
+        return out
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -201,7 +228,7 @@ class JournalReader:
             for line in _whole_lines(fh, limit - offset):
                 if not line.startswith(_BATCH_PREFIX):
                     continue
-                first = _batch_first_seq(line)
+                first = _batch_prefix(line)[0]
                 if first is None:
                     continue
                 if first <= from_seq:
@@ -252,15 +279,15 @@ class JournalReader:
             return None
 
     def _decode_line(self, line: bytes, first: int) -> list[SinkEvent | None] | None:
-        record = self._loads(line)
-        if record is None or len(record) != 3 or not isinstance(record[2], list):
+        events = _batch_events(self._loads(line))
+        if events is None:
             with self._lock:
                 if first not in self._bad_lines:  # count a line once, however often it is read
                     self._bad_lines.add(first)
                     self._corrupt(f"an unreadable batch line (seq {first} on)")
             return None
         finite = b'NaN"' not in line and b'Infinity"' not in line
-        out = [self._decode_event(raw, finite) for raw in record[2]]
+        out = [self._decode_event(raw, finite) for raw in events]
         if None in out:
             with self._lock:
                 if first not in self._bad_lines:
@@ -314,13 +341,36 @@ def _whole_lines(fh: Any, limit: int | None = None) -> Iterator[bytes]:
         yield line
 
 
-def _batch_first_seq(line: bytes) -> int | None:
-    end = line.find(b",", len(_BATCH_PREFIX))
+def _batch_prefix(line: bytes) -> tuple[int | None, int | None]:
+    """(first seq, count) from a batch line's first bytes: `["batch",12,3,[` (count None in the
+    older `["batch",12,[` format); (None, None) if they are not a batch line's."""
+    start = len(_BATCH_PREFIX)
+    comma = line.find(b",", start)
     try:
-        value = int(line[len(_BATCH_PREFIX):end])
+        first = int(line[start:comma])
     except ValueError:
+        return None, None
+    if first < 1:
+        return None, None
+    if line[comma + 1:comma + 2] == b"[":
+        return first, None
+    end = line.find(b",", comma + 1)
+    try:
+        count = int(line[comma + 1:end])
+    except ValueError:
+        return None, None
+    return first, count
+
+
+def _batch_events(record: Any) -> list | None:
+    """The event list of a decoded batch line, in either format; None if it is not one."""
+    if not isinstance(record, list):
         return None
-    return value if value >= 1 else None
+    if len(record) == 4 and isinstance(record[2], int) and isinstance(record[3], list) and len(record[3]) == record[2]:
+        return record[3]
+    if len(record) == 3 and isinstance(record[2], list):
+        return record[2]
+    return None
 
 
 class JournalContents:

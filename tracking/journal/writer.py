@@ -113,13 +113,14 @@ class JournalWriter:
         """The batch line, and the events it holds (as given: paths stay absolute for sinks)."""
         on_disk = [self._relative(ev) for ev in events] if has_paths else events
         try:
-            line = orjson.dumps(["batch", first, on_disk], default=json_default)
+            line = orjson.dumps(["batch", first, len(on_disk), on_disk], default=json_default)
         except (TypeError, orjson.JSONEncodeError):
             return self._encode_each(first, events, on_disk)
         if b"null" in line:
             # orjson writes NaN and ±inf as null, and no metric value is ever None: rewrite the
             # metric events that hold one. Rare, so the common batch pays one substring search.
-            line = orjson.dumps(["batch", first, [_finite(ev) for ev in on_disk]], default=json_default)
+            line = orjson.dumps(["batch", first, len(on_disk), [_finite(ev) for ev in on_disk]],
+                                default=json_default)
         return line, list(events)
 
     @staticmethod
@@ -138,7 +139,7 @@ class JournalWriter:
             kept_on_disk.append(stored)
         if not kept:
             return b"", kept
-        line = orjson.dumps(["batch", first, [_finite(ev) for ev in kept_on_disk]], default=json_default)
+        line = orjson.dumps(["batch", first, len(kept), [_finite(ev) for ev in kept_on_disk]], default=json_default)
         return line, kept
 
     def _relative(self, event: tuple) -> tuple:
