@@ -5,11 +5,13 @@ Runs on the benchmark's main thread.
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import time
 from typing import Callable
 
-__all__ = ["median", "percentile", "per_call_ns", "interleave", "log_batch_peer"]
+__all__ = ["median", "percentile", "per_call_ns", "interleave", "log_batch_peer", "descendants_cpu", "cpu_delta",
+           "cmdline"]
 
 
 def median(values: list[float]) -> float:
@@ -66,3 +68,56 @@ def log_batch_peer(uri: str, steps: int, keys: list[str]) -> tuple[str, float]:
         client.log_batch(run_id, metrics=batch)
     client.set_terminated(run_id)
     return run_id, time.perf_counter() - start
+
+
+def _proc_cpu(pid: int | str) -> tuple[int, float] | None:
+    """(ppid, utime + stime in s) of `pid`, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def descendants_cpu(extra: tuple[int, ...] = ()) -> dict[int, float]:
+    """CPU seconds so far of every process descended from this one (and of `extra` pids), from /proc:
+    the delivery agent, its MLflow helper, a peer's ingest process."""
+    me = os.getpid()
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return {}
+    for name in names:
+        if name.isdigit():
+            got = _proc_cpu(name)
+            if got is not None:
+                parent[int(name)], cpu[int(name)] = got
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), [me]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    found.update(p for p in extra if p in cpu and p != me)
+    return {pid: cpu[pid] for pid in found}
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace").strip()[:160]
+    except OSError:
+        return "?"
+
+
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())

@@ -59,7 +59,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .harness import median
+from .harness import cmdline, cpu_delta, descendants_cpu, median
 
 __all__ = ["make_step", "render", "run"]
 
@@ -104,60 +104,6 @@ def make_step(seed: int = 0) -> Callable[[int], tuple[Any, dict[str, float]]]:
                       "train/grad_scale": 1.0, "train/momentum": 0.0, "train/weight_decay": 0.0}
 
     return step
-
-
-# -- other processes' CPU, from /proc ------------------------------------------------------------------
-
-def _proc_cpu(pid: int | str) -> tuple[int, float] | None:
-    """(ppid, utime + stime in s) of `pid`, or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS
-
-
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _others_cpu(extra: tuple[int, ...] = ()) -> dict[int, float]:
-    """CPU seconds so far of every process descended from this one (and of `extra` pids)."""
-    me = os.getpid()
-    parent: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return {}
-    for name in names:
-        if name.isdigit():
-            got = _proc_cpu(name)
-            if got is not None:
-                parent[int(name)], cpu[int(name)] = got
-    children: dict[int, list[int]] = {}
-    for pid, ppid in parent.items():
-        children.setdefault(ppid, []).append(pid)
-    found, todo = set(), [me]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    found.update(p for p in extra if p in cpu and p != me)
-    return {pid: cpu[pid] for pid in found}
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read().replace(b"\0", b" ").decode(errors="replace").strip()[:160]
-    except OSError:
-        return "?"
-
-
-def _others_delta(before: dict[int, float], after: dict[int, float]) -> float:
-    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 # -- the floor -------------------------------------------------------------------------------------------
@@ -333,11 +279,8 @@ class _Floor:
 # -- ours ------------------------------------------------------------------------------------------------
 
 def mlflow_sink(uri: str) -> Any:
-    """Our MLflow sink, wherever it lives now (a package `tracking.sinks.mlflow` or the old module)."""
-    try:
-        from tracking.sinks.mlflow import MLflowSink  # type: ignore[import-not-found]
-    except ImportError:
-        from tracking.sinks.mlflow import MLflowSink
+    from tracking.sinks.mlflow import MLflowSink
+
     return MLflowSink(tracking_uri=uri)
 
 
@@ -454,15 +397,15 @@ def _measure(cases: dict[str, Any], chunk: int, rounds: int, base: Path, setup_s
         gc.collect()
         for name in names[round_ % len(names):] + names[:round_ % len(names)]:
             case, s = cases[name], samples[name]
-            others0 = _others_cpu(extra)
+            others0 = descendants_cpu(extra)
             none_wall, none_cpu = _plain_chunk(step, chunk)
-            others1 = _others_cpu(extra)
+            others1 = descendants_cpu(extra)
             wall, cpu, ran = _logging_chunk(step, case, next_step[name], chunk)
             next_step[name] += chunk
             drain_clock, drain_cpu = time.perf_counter(), time.process_time()
             case.drain()
             drain_s, drain_cpu = time.perf_counter() - drain_clock, time.process_time() - drain_cpu
-            others2 = _others_cpu(extra)
+            others2 = descendants_cpu(extra)
             scalars = 10 * chunk
             s["ratio"].append((wall / ran) / (none_wall / chunk))
             s["added_us"].append((wall / ran - none_wall / chunk) * 1e6)
@@ -472,8 +415,8 @@ def _measure(cases: dict[str, Any], chunk: int, rounds: int, base: Path, setup_s
             s["drain_s"].append(drain_s)
             s["drain_cpu_s"].append(drain_cpu)
             s["cpu_us_per_scalar"].append((cpu - none_cpu / chunk * ran) / scalars * 1e6)
-            s["others_cpu_us_per_scalar"].append(_others_delta(others1, others2) / scalars * 1e6)
-            s["others_cpu_plain_s"].append(_others_delta(others0, others1))
+            s["others_cpu_us_per_scalar"].append(cpu_delta(others1, others2) / scalars * 1e6)
+            s["others_cpu_plain_s"].append(cpu_delta(others0, others1))
             capped[name] += ran - chunk >= MAX_TRAILING_STEPS
     none_ms = [v for name in names for v in samples[name]["none_ms"]]
     rows: dict[str, dict[str, Any]] = {"no logging": {"step_ms": median(none_ms), "x_none": 1.0}}
@@ -494,7 +437,7 @@ def _measure(cases: dict[str, Any], chunk: int, rounds: int, base: Path, setup_s
         "setup_s": round(setup_s, 1), "max_trailing_steps": MAX_TRAILING_STEPS,
         "rows": rows, "samples": samples,
         "threads": sorted(t.name for t in threading.enumerate()),
-        "other_processes": {str(pid): _cmdline(pid) for pid in sorted(_others_cpu(extra))},
+        "other_processes": {str(pid): cmdline(pid) for pid in sorted(descendants_cpu(extra))},
         "stats_fields": ours[0].fields if ours else [],
         "stats_sinks": {case.name: case.sink_names for case in ours},
         "stats_local_sinks_waited_for": {case.name: case.local for case in ours},

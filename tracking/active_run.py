@@ -106,6 +106,7 @@ class AsyncRun:
                 sinks.update(answer.sinks)
         sinks = self._complete(sinks, last_seq)
         finish_meta(self.run.run_dir, status, last_seq, sinks, timed_out, **extra)
+        self._store.close_views()
         return _report(self.run, status, last_seq, extra, sinks, timed_out)
 
     def _close_journal(self, status: str, timeout_s: float) -> int:
@@ -147,6 +148,7 @@ class AsyncRun:
             sinks.update(link.progress(self.run.run_id))
         report = _report(self.run, status, last_seq, extra, self._complete(sinks, last_seq), False)
         report.background, report.replay_commands = True, []
+        self._store.close_views()
         return report
 
     def _complete(self, sinks: dict[str, dict[str, Any]], last_seq: int) -> dict[str, dict[str, Any]]:

@@ -52,6 +52,11 @@ class EventQueue:
         self.memory_budget_bytes = memory_budget_bytes
         self.wake = threading.Event()
         self.dropped = 0
+        #: control markers put so far: a drain that saw no new ones holds events only
+        self.markers_put = 0
+        # Guards markers_put (flush() and end_run() may come from two threads at once); log calls
+        # never take it.
+        self._control_lock = threading.Lock()
         self._items: deque = deque()
         self._wake_at = wake_at_events
         self._is_consumer_alive = is_consumer_alive
@@ -68,7 +73,9 @@ class EventQueue:
 
     def put_control(self, marker: object) -> None:
         """Append a control marker (flush, stop); never dropped, never blocks, wakes the writer."""
-        self._items.append(marker)
+        with self._control_lock:
+            self.markers_put += 1  # before the append: a drain that sees the marker sees the count
+            self._items.append(marker)
         self.set_wake()
 
     def __len__(self) -> int:

@@ -57,9 +57,10 @@ class RunJournal:
 
     def record(self, events: Sequence[tuple]) -> tuple[int, list[tuple]] | None:
         """Prepare and journal `events` (after any held ones); returns (first seq, events journaled),
-        or None if the disk refused them (they are held)."""
+        or None if the disk refused them (they are held). A list is prepared in place."""
         self._batch_paths = self._held_paths
-        prepared = self._steps.resolve_all(events, self._prepare_other)
+        # The writer hands over the list it drained, so it is prepared in place.
+        prepared = self._steps.resolve_all(events if type(events) is list else list(events), self._prepare_other)
         has_paths = self._batch_paths
         batch = self._held + prepared if self._held else prepared
         if not batch:

@@ -72,6 +72,7 @@ class WriterThread:
         self._batch_interval_s = batch_interval_s
         self._batch_max_events = batch_max_events
         self._batches = 0
+        self._markers_seen = 0  # control markers taken from the queue so far
         self._thread = threading.Thread(target=self._run, name="tracking-writer", daemon=True)
 
     # -- caller's thread -------------------------------------------------------------------------
@@ -132,12 +133,16 @@ class WriterThread:
 
     def _handle(self, items: list) -> StopMarker | None:
         """Journal the events in order, acting on markers where they stand among them."""
+        if self.queue.markers_put == self._markers_seen:
+            self._record(items)  # the common case: no marker was put since the last one handled
+            return None
         events: list[tuple] = []
         stop = None
         for item in items:
             if type(item) is tuple:
                 events.append(item)
                 continue
+            self._markers_seen += 1  # counted as found: one counted but not yet appended is still to come
             self._record(events)
             events = []
             if type(item) is FlushMarker:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import mmap
 import os
 import struct
 from pathlib import Path
@@ -45,6 +46,7 @@ class DeliveryStore:
         self.dir = Path(run_dir) / DELIVERY_DIR
         self._locks: dict[str, int] = {}
         self._seq_fds: dict[str, int] = {}
+        self._views: dict[str, mmap.mmap] = {}  # the live cursors, mapped by a reader
 
     def load(self, sink: str) -> dict[str, Any] | None:
         """The sink's last saved state, or None (never delivered, or unreadable)."""
@@ -112,13 +114,18 @@ class DeliveryStore:
             pass  # a full disk: stats() falls back to the agent's last report
 
     def peek(self, sink: str) -> int | None:
-        """The sink's live cursor, or None if none was published."""
-        try:
-            with open(self.dir / f"{sink}.seq", "rb") as fh:
-                data = fh.read(_SEQ.size)
-        except OSError:
-            return None
-        return _SEQ.unpack(data)[0] if len(data) == _SEQ.size else None
+        """The sink's live cursor, or None if none was published yet.
+
+        The file is mapped once, so a read is a memory read: `stats()` may be called every step.
+        """
+        view = self._views.get(sink)
+        if view is None:
+            try:
+                with open(self.dir / f"{sink}.seq", "rb") as fh:
+                    view = self._views[sink] = mmap.mmap(fh.fileno(), _SEQ.size, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):  # not there yet, or not 8 bytes yet
+                return None
+        return _SEQ.unpack_from(view)[0]
 
     def release(self, sink: str) -> None:
         fd = self._locks.pop(sink, None)
@@ -131,6 +138,11 @@ class DeliveryStore:
     def release_all(self) -> None:
         for sink in list(self._locks):
             self.release(sink)
+
+    def close_views(self) -> None:
+        for view in self._views.values():
+            view.close()
+        self._views = {}
 
     def forget_after_fork(self) -> None:
         """In a forked child: the parent holds these locks; the child must not release them."""

@@ -30,9 +30,9 @@ class AgentOptions:
     #: how often a sink's cursor is committed while events flow (also at every flush and at the end)
     commit_interval_s: float = 1.0
     #: how often, at most, the agent reads what the writer appended and hands it to the sinks
-    #: (flush and end_run do not wait for it): rounds of a few hundred ms amortise each round's
-    #: fixed cost (file reads, sink calls) over many events
-    delivery_interval_s: float = 0.25
+    #: (flush and end_run do not wait for it): a round has a fixed cost (file reads, sink calls)
+    #: that 100 ms rounds spread over a few thousand events
+    delivery_interval_s: float = 0.1
     #: fresh events kept decoded in memory for sinks that keep up; a sink further behind reads the
     #: journal on its own
     max_sink_backlog_events: int = 100_000
