@@ -230,7 +230,7 @@ def run(quick: bool = False, sinks: tuple[str, ...] = ("json", "tensorboard")) -
                         if name.startswith("peer ") and "median_us" in row)
     result["cheapest_peer_x_async"] = cheapest_peer / result["rows"]["async.log_metric"]["median_us"]
     for tracker in trackers.values():
-        tracker.end_run(timeout_s=120)
+        tracker.close(timeout_s=120)
     rows = result["rows"]
     result["targets"] = {
         "async log_metric median <= 4x floor": rows["async.log_metric"]["x_floor"] <= 4,

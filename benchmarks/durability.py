@@ -122,6 +122,7 @@ def _ours(base: Path, mode: str, with_mlflow: bool, steps: int) -> tuple[float, 
         log_metrics({k: 0.5 for k in KEYS}, step=step)
     tracker.end_run(timeout_s=600)
     seconds = time.perf_counter() - start
+    tracker.close()
     run_dir = tracker.get_run_dir()
     found = {"journal": _count_journal(run_dir)}
     if uri:

@@ -1,34 +1,35 @@
 """How per-event costs change with the length of a run (10^4 to 10^7 events), and what a queued
 event weighs in memory.
 
-Runs on the benchmark's main thread (the tracker's worker and its sink threads beside it).
+Runs on the benchmark's main thread (the tracker's writer and agent-link threads beside it; its
+delivery agent in a process of its own).
 
 Runs: JSON + TensorBoard sinks, default tracker settings (64 MiB queue budget, "block" policy, 50 ms
 batch interval), 1-key `log_metric` at increasing steps, called as fast as the caller can (no
-training step in between): the worker runs at the same time, and the loop is held back whenever
-the queue is full, as a real run that logs faster than its sinks write would be.
+training step in between): the writer runs at the same time, and the loop is held back whenever
+the queue is full, as a real run that logs faster than the journal is written would be.
 
 - caller CPU per call: the main thread's CPU time (`time.thread_time`) per call, median over
   chunks of `CHUNK` calls: what the log call itself costs, without the time the thread waited for
   the GIL or for room in the queue.
 - loop wall time per call: the whole loop's wall time / events (those waits included).
-- worker CPU per event: (process CPU time - the main thread's CPU time) / events, from the first
-  call through the final `flush()`: the worker thread and the sinks' threads.
+- writer CPU per event: (process CPU time - the main thread's CPU time) / events, from the first
+  call through the final `flush()`: the writer thread and the agent-link thread.
+- agent CPU per event: the delivery agent process's CPU (from /proc) over the same span / events.
 - caught up: whether that flush finished within `FLUSH_DEADLINE_S` of the last call; if not, the
-  events some sink still lacked then, and the worker figure is a lower bound ("≥"). A sink that
+  events some sink still lacked then, and the agent figure is a lower bound ("≥"). A sink that
   falls more than `max_sink_backlog_events` behind catches up from the journal, which is slower.
 - RSS growth: resident memory after the flush minus before the first call (Linux only).
 Ratios are to the 10^4-event run. Sizes are interleaved, `repeats` runs each; 10^7 runs once
 (minutes a run on 2 cores) and its caller figure is the median of its 10,000 chunks. The queued-
 memory measurement runs first, so no sink thread left over from a run allocates during it.
 
-Memory per queued event: the worker is held idle (an hour's batch interval and no event-count
+Memory per queued event: the writer is held idle (an hour's batch interval and no event-count
 wake-up) while N events are logged; the growth of tracemalloc's traced memory / N, and in a
 separate pass the growth of RSS / N, for a 1-key `log_metric` and a 10-key `log_metrics` with fresh
 float values (as `loss.item()` gives), next to `tracking.queue.event_bytes`, the estimate the queue
 turns its memory budget into a length with. (A sink that blocks would not keep events queued: the
-worker journals them and keeps at most `max_sink_backlog_events` a sink in memory, so the worker
-itself is held instead.)
+writer journals them whatever the sinks do, so the writer itself is held instead.)
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ from tracking import Tracker
 from tracking.events import METRICS
 from tracking.queue import event_bytes
 
-from .harness import interleave, median
+from .harness import cpu_delta, descendants_cpu, interleave, median
 
 __all__ = ["run"]
 
@@ -96,22 +97,25 @@ def _one_run(base: Path, events: int) -> dict[str, Any]:
     tracker.flush(timeout_s=60)  # the sinks are open before the clocks start
     gc.collect()
     rss = _rss_bytes()
+    agent = descendants_cpu()
     process_cpu, caller_cpu, wall = time.process_time(), time.thread_time(), time.perf_counter()
     chunks = _log_chunks(tracker, events)
     wall = time.perf_counter() - wall
     caught_up = tracker.flush(timeout_s=FLUSH_DEADLINE_S)
     caller_cpu = time.thread_time() - caller_cpu
-    worker_cpu = time.process_time() - process_cpu - caller_cpu
+    writer_cpu = time.process_time() - process_cpu - caller_cpu
+    agent_cpu = cpu_delta(agent, descendants_cpu())
     rss_after = _rss_bytes()
     stats = tracker.stats()  # its `undelivered` counts journaled events only: add what is still queued
     behind = stats.queue_depth + max(stats.undelivered.values(), default=0)
-    tracker.end_run(timeout_s=END_DEADLINE_S)
-    return {"caller_cpu_ns": median(chunks), "wall_ns": wall / events * 1e9, "worker_cpu_us": worker_cpu / events * 1e6,
+    tracker.close(timeout_s=END_DEADLINE_S)
+    return {"caller_cpu_ns": median(chunks), "wall_ns": wall / events * 1e9, "writer_cpu_us": writer_cpu / events * 1e6,
+            "agent_cpu_us": agent_cpu / events * 1e6,
             "rss_growth_mib": (rss_after - rss) / 2**20 if rss is not None and rss_after is not None else float("nan"),
             "caught_up": caught_up, "undelivered_at_deadline": 0 if caught_up else behind}
 
 
-_MEDIAN_FIELDS = ("caller_cpu_ns", "wall_ns", "worker_cpu_us", "rss_growth_mib")
+_MEDIAN_FIELDS = ("caller_cpu_ns", "wall_ns", "writer_cpu_us", "agent_cpu_us", "rss_growth_mib")
 
 
 def _runs(base: Path, sizes: tuple[int, ...], repeats: int) -> dict[str, dict[str, Any]]:
@@ -131,13 +135,13 @@ def _runs(base: Path, sizes: tuple[int, ...], repeats: int) -> dict[str, dict[st
     for n, runs in samples.items():
         row: dict[str, Any] = {"events": n, "runs": len(runs)}
         row.update({field: median([r[field] for r in runs]) for field in _MEDIAN_FIELDS})
-        # one run that did not catch up makes the worker figure a lower bound: say so
+        # one run that did not catch up makes the agent figure a lower bound: say so
         row["caught_up"] = all(r["caught_up"] for r in runs)
         row["undelivered_at_deadline"] = max(r["undelivered_at_deadline"] for r in runs)
         rows[f"10^{round(math.log10(n))}"] = row
     first = next(iter(rows.values()))
     for row in rows.values():
-        for field in ("caller_cpu_ns", "wall_ns", "worker_cpu_us"):
+        for field in ("caller_cpu_ns", "wall_ns", "writer_cpu_us", "agent_cpu_us"):
             row[f"{field}_x_first"] = row[field] / first[field]
     return rows
 
@@ -174,7 +178,7 @@ def _traced_growth(base: Path, kind: str, n: int) -> float:
     LOGGERS[kind](tracker, n)
     grown = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    tracker.end_run(timeout_s=600)
+    tracker.close(timeout_s=600)
     return grown / n
 
 
@@ -185,7 +189,7 @@ def rss_growth_child(base: str, kind: str, n: int) -> None:
     LOGGERS[kind](tracker, n)
     after = _rss_bytes()
     print(float("nan") if before is None or after is None else (after - before) / n)
-    tracker.end_run(timeout_s=600)
+    tracker.close(timeout_s=600)
 
 
 def _rss_growth(base: Path, kind: str, n: int) -> float:
@@ -238,18 +242,19 @@ def render(result: dict[str, Any]) -> str:
     lines = [(f"scaling with run length (sinks: {', '.join(result['sinks'])}; 1-key log_metric as fast as the "
               f"caller can; median of {result['repeats']} interleaved runs{once})"),
              (f"  {'events':>12}{'caller CPU ns/call':>20}{'×':>6}{'loop wall ns/call':>19}{'×':>6}"
-              f"{'worker CPU µs/event':>21}{'×':>7}{'RSS growth MiB':>16}  caught up")]
+              f"{'writer CPU µs/event':>21}{'agent CPU µs/event':>20}{'×':>7}{'RSS growth MiB':>16}  caught up")]
     for row in result["rows"].values():
         bound = "" if row["caught_up"] else "≥"
         caught_up = "yes" if row["caught_up"] else (
             f"NO: {row['undelivered_at_deadline']:,} events undelivered {result['flush_deadline_s']:.0f} s after the last call")
         lines.append(f"  {row['events']:>12,}{row['caller_cpu_ns']:>20.0f}{row['caller_cpu_ns_x_first']:>6.2f}"
                      f"{row['wall_ns']:>19.0f}{row['wall_ns_x_first']:>6.2f}"
-                     f"{bound + format(row['worker_cpu_us'], '.2f'):>21}{bound + format(row['worker_cpu_us_x_first'], '.2f'):>7}"
+                     f"{row['writer_cpu_us']:>21.2f}{bound + format(row['agent_cpu_us'], '.2f'):>20}"
+                     f"{bound + format(row['agent_cpu_us_x_first'], '.2f'):>7}"
                      f"{row['rss_growth_mib']:>16.1f}  {caught_up}")
     lines.append(f"  ×: over the {next(iter(result['rows'].values()))['events']:,}-event run; caller CPU: median of "
                  f"{result['chunk']:,}-call chunks of the main thread's CPU time")
-    lines.append(f"  memory per queued event (worker held idle, {result['memory_events']:,} events, fresh float values):")
+    lines.append(f"  memory per queued event (writer held idle, {result['memory_events']:,} events, fresh float values):")
     lines.append(f"  {'event':<22}{'tracemalloc B':>15}{'RSS B':>9}{'event_bytes() B':>17}"
                  f"{'estimate / traced':>19}{'estimate / RSS':>16}")
     for kind, m in result["queued_memory"].items():

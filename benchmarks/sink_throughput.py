@@ -52,6 +52,7 @@ def _ours_mlflow(uri: str, base: Path, n_steps: int) -> float:
         tracker.log_metrics({k: 0.5 for k in KEYS}, step=step)
     report = tracker.end_run(timeout_s=600)
     elapsed = time.perf_counter() - start
+    tracker.close()
     assert report.complete, report.summary()
     return n_steps * len(KEYS) / elapsed
 
@@ -80,7 +81,9 @@ def _ours_tensorboard(base: Path, n_steps: int) -> float:
     for step in range(n_steps):
         tracker.log_metrics({k: 0.5 for k in KEYS}, step=step)
     tracker.end_run(timeout_s=600)
-    return n_steps * len(KEYS) / (time.perf_counter() - start)
+    rate = n_steps * len(KEYS) / (time.perf_counter() - start)
+    tracker.close()
+    return rate
 
 
 def _tensorboardx(base: Path, n_steps: int) -> float:

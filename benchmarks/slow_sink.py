@@ -50,7 +50,7 @@ def _loop(step, steps: int, tracker: Tracker | None) -> float:
             tracker.log_metrics(metrics, i)
     per_step = (time.perf_counter() - start) / steps
     if tracker is not None:
-        tracker.end_run(timeout_s=600)
+        tracker.close(timeout_s=600)
     return per_step
 
 

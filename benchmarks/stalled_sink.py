@@ -25,6 +25,7 @@ class StalledSink:
     """Blocks in write() until released; counts what it received afterwards."""
 
     name = "stalled"
+    stay_in_process = True  # released by an Event of this process: served on a delivery thread here
 
     def __init__(self) -> None:
         self.release = threading.Event()
@@ -62,7 +63,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     reference = Tracker([], base_dir=base, memory_budget_bytes=BUDGET_BYTES)
     reference.start_run("reference")
     reference_rate = _log(reference, n)
-    reference.end_run(timeout_s=600)
+    reference.close(timeout_s=600)
 
     rss_before = _rss_mib()
     sink = StalledSink()
@@ -76,6 +77,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     sink.release.set()
     report = tracker.end_run(timeout_s=3600)
     catch_up_s = time.perf_counter() - released
+    tracker.close()
     return {
         "events": n, "budget_mib": BUDGET_BYTES / 2**20, "rss_growth_mib": rss_peak - rss_before,
         "log_rate_per_s": rate, "reference_rate_per_s": reference_rate, "x_reference": rate / reference_rate,

@@ -325,7 +325,7 @@ class _Ours:
             raise RuntimeError(f"tiny_loop: {self.name}: flush did not finish within 600 s")
 
     def close(self) -> None:
-        self.tracker.end_run(timeout_s=600)
+        self.tracker.close(timeout_s=600)
 
     def pids(self) -> tuple[int, ...]:
         pid = getattr(self.tracker.stats(), "agent_pid", None)

@@ -95,7 +95,9 @@ class _Ours:
     def close(self) -> float:
         start = time.perf_counter()
         self.tracker.end_run(timeout_s=600)
-        return time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        self.tracker.close()
+        return seconds
 
 
 class _ByHand:

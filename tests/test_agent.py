@@ -51,6 +51,22 @@ def _wait_for_status(run_dir: Path, timeout_s: float) -> dict:
     raise AssertionError(f"the run is still RUNNING after {timeout_s} s: {read_meta(run_dir)}")
 
 
+def _wait_journaled(run_dir: Path, events: int, timeout_s: float = 60) -> None:
+    from tracking.journal import JournalReader
+
+    reader, deadline = JournalReader(run_dir), time.monotonic() + timeout_s
+    while reader.refresh() < events:
+        assert time.monotonic() < deadline, f"fewer than {events} events journaled after {timeout_s} s"
+        time.sleep(0.05)
+
+
+def _wait_delivered(tracker, sink: str, events: int, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while tracker.stats().cursors.get(sink, 0) < events:
+        assert time.monotonic() < deadline, f"sink {sink!r} has fewer than {events} events after {timeout_s} s"
+        time.sleep(0.02)
+
+
 def _tensorboard_steps(run_dir: Path, key: str) -> list[int]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -88,10 +104,10 @@ def test_sigkill_of_the_training_process_loses_nothing_and_ends_the_run_killed(t
     in meta.json and in MLflow."""
     proc, run_id = _spawn(tmp_path, LOG_UNTIL_KILLED)
     assert proc.stdout.readline().strip() == "logging"
-    time.sleep(0.5)
+    run_dir = tmp_path / "runs" / run_id
+    _wait_journaled(run_dir, 5000)  # mid-run, with a backlog behind MLflow
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    run_dir = tmp_path / "runs" / run_id
     meta = _wait_for_status(run_dir, 30)
     journaled = [ev.step for _, ev in read_journal(run_dir).events]
     assert meta["status"] == "KILLED" and len(journaled) >= 2000 and journaled == list(range(len(journaled)))
@@ -113,7 +129,7 @@ def test_sigkill_of_the_agent_mid_run_a_new_one_takes_over_and_delivers_exactly_
         for step in range(6000):
             tracker.log_metrics({"x": float(step), "y": 1.0}, step=step)
             if step in (1500, 4000):  # twice: once mid-delivery, once after a restart
-                time.sleep(0.3)
+                _wait_delivered(tracker, "json", step - 500)  # the agent has delivered (and committed) some
                 pid = tracker.stats().agent_pid
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)

@@ -167,7 +167,7 @@ def test_a_sink_has_one_deliverer_at_a_time(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from tracking.agent.cursors import DeliveryStore, SinkBusyError\n"
+    code = ("import sys; from tracking.agent.cursors import DeliveryStore; from tracking import SinkBusyError\n"
             f"try:\n    DeliveryStore({str(tmp_path)!r}).claim('list')\n"
             "except SinkBusyError as e:\n    print('busy', e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

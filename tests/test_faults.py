@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 from tracking import RetryPolicy
-from tracking.journal import read_journal
+from tracking.journal import JournalReader, read_journal
 from tracking.rundir import read_meta
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,10 @@ def test_sigkill_then_replay_keeps_every_flushed_event(tmp_path):
     """)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     run_id = proc.stdout.readline().strip()
-    time.sleep(0.5)
+    reader, deadline = JournalReader(tmp_path / run_id), time.monotonic() + 60
+    while reader.refresh() < 25000:  # killed mid-run, past the flushed part
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     run_dir = tmp_path / run_id

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from tracking import NoActiveRunError, RunAlreadyActiveError, RunEndedError, Tracker
-from tracking.events import METRICS, StepResolver
 from tracking.sinks.json_sink import JsonSink
 from tracking.journal import read_journal
 from tracking.rundir import read_meta
@@ -193,22 +192,6 @@ def test_missing_steps_count_up_per_key(make_tracker):
     tracker.end_run()
     steps = [(tuple(ev[1]), ev[2]) for ev in sink.events]
     assert steps == [(("a",), 0), (("a",), 1), (("a",), 2), (("a", "b"), 3), (("b",), 10), (("b",), 11)]
-
-
-def test_step_resolution_matches_a_per_key_reference():
-    """Random mixes of explicit and missing steps over many key sets (past the resolver's fold
-    threshold) give what a plain per-key table gives."""
-    rng = random.Random(7)
-    keys = [f"k{i}" for i in range(40)]
-    resolver, reference = StepResolver(), {}
-    for _ in range(20_000):
-        values = dict.fromkeys(rng.sample(keys, rng.randint(1, 4)), 1.0)
-        step = None if rng.random() < 0.2 else rng.randint(0, 5_000)
-        expected = max(reference.get(k, 0) for k in values) if step is None else step
-        for key in values:
-            reference[key] = max(reference.get(key, 0), expected + 1)
-        resolved = resolver.resolve((METRICS, values, step, 0.0))
-        assert resolved[2] == expected
 
 
 def test_context_manager_marks_failed_and_reraises(make_tracker):

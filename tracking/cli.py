@@ -15,7 +15,8 @@ from typing import Any, Sequence
 import orjson
 
 from .agent.cursors import DeliveryStore
-from .agent.replay import DEFAULT_REPLAY_TIMEOUT_S, ReplayError, replay
+from .agent.replay import DEFAULT_REPLAY_TIMEOUT_S, replay
+from .errors import ReplayError
 from .journal import JournalReader
 from .rundir import META_FILE, read_meta
 from .sinks import available_sinks

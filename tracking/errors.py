@@ -20,6 +20,8 @@ __all__ = [
     "ArtifactNotFoundError",
     "UnknownSinkError",
     "QueueClosedError",
+    "SinkBusyError",
+    "ReplayError",
     "PermanentSinkError",
     "MLflowSinkError",
     "MLflowSinkWarning",
@@ -73,6 +75,14 @@ class UnknownSinkError(TrackingError, LookupError):
 
 class QueueClosedError(TrackingError, RuntimeError):
     """The writer thread is gone (the run ended, or it died), so an event could not be enqueued."""
+
+
+class SinkBusyError(TrackingError, RuntimeError):
+    """Another live process delivers this run to this sink (an agent, or a replay)."""
+
+
+class ReplayError(TrackingError):
+    """A replay could not finish; the message is one line that says why and what to do."""
 
 
 # A plain Exception, not a TrackingError: it is a sink's word to the engine, never raised to the

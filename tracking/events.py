@@ -17,7 +17,7 @@ about half what a NamedTuple costs to build, and building one is most of what a 
 Before the journal holds a METRICS event its step is resolved (never None) and every value is a
 float; a FIGURE event holds its file's path instead of the bytes (a figure logged twice under one
 name gets two files). `METRICS_DEFERRED` is the caller-side form of a METRICS event holding CUDA
-snapshots; the writer reads them (`resolve_deferred`). Sinks receive the same layouts typed
+snapshots; the writer reads them (`tracking.run_journal`). Sinks receive the same layouts typed
 (`Metrics`, `Params`, ... below): NamedTuples, so `event[0]` is still the kind.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numbers
 import operator
 import os
 import sys
-from typing import Any, Callable, Mapping, NamedTuple, Sequence, Union
+from typing import Any, Mapping, NamedTuple, Union
 
 from .errors import InvalidKeyError, InvalidMetricError, InvalidNameError, InvalidParamError, InvalidStepError
 
@@ -50,8 +50,6 @@ __all__ = [
     "MAX_STEP",
     "MAX_NAME_BYTES",
     "copy_params",
-    "resolve_deferred",
-    "StepResolver",
     "is_finite_all",
     "Metrics",
     "Params",
@@ -334,90 +332,6 @@ def _copy_key(key: Any, where: str) -> str:
     if not text.isascii() and not _is_text(text):
         raise InvalidParamError(f"{where}: the key {text!r} is not valid text (a lone surrogate)")
     return text
-
-
-def resolve_deferred(event: tuple) -> tuple:
-    """A METRICS event with every CUDA snapshot read (worker thread)."""
-    _, values, step, ts = event
-    return (
-        METRICS,
-        {k: (v.read() if type(v) is CudaScalar else v) for k, v in values.items()},
-        step,
-        ts,
-    )
-
-
-class StepResolver:
-    """Gives `step=None` a value: one past the highest step any of the event's keys has used.
-
-    So `log_metric("loss", x)` called repeatedly steps 0, 1, 2, ... per key, and `log_metrics(d)`
-    without a step gives all of d's values one shared step. Runs where events are put in order
-    (the writer thread, or the caller in sync mode), so both modes give the same steps.
-
-    Events with a step (the trainer's) only note the highest step per key *set* (one tuple and
-    one dict lookup, not one per key); the per-key table is brought up to date from those notes
-    when an event without a step needs it.
-    """
-
-    __slots__ = ("_next", "_seen")
-
-    #: distinct key sets noted before they are folded into the per-key table regardless
-    _MAX_SEEN = 1024
-
-    def __init__(self) -> None:
-        self._next: dict[str, int] = {}
-        self._seen: dict[tuple[str, ...], int] = {}  # key set -> highest explicit step
-
-    def resolve_all(self, events: list[tuple], other: Callable[[tuple], tuple | None]) -> list[tuple]:
-        """`resolve` for every METRICS event of a batch, in place and in one loop (the writer's hot
-        path: an event with a step stays as it is); every other event is replaced by what `other`
-        returns for it, and left out where that is None."""
-        seen, fold_at = self._seen, self._MAX_SEEN
-        dropped = False
-        for index, event in enumerate(events):
-            if event[0] is METRICS and event[2] is not None:
-                keys = tuple(event[1])
-                step = event[2]
-                if seen.get(keys, -1) < step:
-                    if len(seen) >= fold_at and keys not in seen:
-                        self._fold()
-                    seen[keys] = step
-            elif event[0] is METRICS:
-                events[index] = self._assign(event)
-            else:
-                events[index] = prepared = other(event)
-                dropped |= prepared is None
-        return [event for event in events if event is not None] if dropped else events
-
-    def resolve(self, event: tuple) -> tuple:
-        step = event[2]
-        if step is None:
-            return self._assign(event)
-        keys = tuple(event[1])
-        seen = self._seen
-        if seen.get(keys, -1) < step:
-            if len(seen) >= self._MAX_SEEN and keys not in seen:
-                self._fold()
-            seen[keys] = step
-        return event
-
-    def _assign(self, event: tuple) -> tuple:
-        _, values, _, ts = event
-        self._fold()
-        nxt = self._next
-        step = max((nxt.get(k, 0) for k in values), default=0)
-        for key in values:
-            nxt[key] = step + 1
-        return (METRICS, values, step, ts)
-
-    def _fold(self) -> None:
-        nxt = self._next
-        for keys, step in self._seen.items():
-            following = step + 1
-            for key in keys:
-                if nxt.get(key, 0) < following:
-                    nxt[key] = following
-        self._seen.clear()
 
 
 class Metrics(NamedTuple):

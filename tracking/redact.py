@@ -1,4 +1,4 @@
-"""Redaction of secret-looking config values before they leave the machine.
+"""Config as it leaves the machine: secret-looking values masked, nested keys flattened.
 
 Runs in sinks (worker thread, or the caller's in sync mode) that send data elsewhere or into files
 that get shared: MLflow params and tags, TensorBoard's config and tag text. The local `config.json`
@@ -6,9 +6,9 @@ and the journal keep what the user gave: they never leave the machine.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
-__all__ = ["DEFAULT_SECRET_KEY_PATTERNS", "MASK", "is_secret_key", "redact_config"]
+__all__ = ["DEFAULT_SECRET_KEY_PATTERNS", "MASK", "is_secret_key", "redact_config", "flatten_config"]
 
 #: a key whose lower-cased text contains any of these is treated as a secret
 DEFAULT_SECRET_KEY_PATTERNS = ("password", "passwd", "token", "secret", "api_key", "apikey", "credential",
@@ -33,3 +33,16 @@ def redact_config(config: Mapping[str, Any], patterns: Iterable[str] = DEFAULT_S
         else:
             out[key] = value
     return out
+
+
+def flatten_config(mapping: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """("model.hidden_dims", [64, 32]) pairs from nested mappings; lists and empty dicts are values.
+
+    How MLflow params and TensorBoard's config table name a nested config's keys.
+    """
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            yield from flatten_config(value, name + ".")
+        else:
+            yield name, value

@@ -15,9 +15,10 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from .events import ARTIFACT, FIGURE, METRICS_DEFERRED, TAG, StepResolver, resolve_deferred
+from .events import ARTIFACT, FIGURE, METRICS, METRICS_DEFERRED, TAG, CudaScalar
 from .journal import JournalWriter
 from .rundir import FIGURES_DIR
+from .steps import StepResolver
 
 __all__ = ["RunJournal"]
 
@@ -110,7 +111,7 @@ class RunJournal:
         try:
             kind = event[0]
             if kind is METRICS_DEFERRED:
-                return self._steps.resolve(resolve_deferred(event))
+                return self._steps.resolve(_read_cuda(event))
             if kind is FIGURE:
                 self._batch_paths = True
                 return self._write_figure(event)
@@ -164,3 +165,15 @@ class RunJournal:
         self.prepare_errors += 1
         _logger.error("tracking: an event could not be recorded and is left out (%s: %s): %.200r",
                       type(exc).__name__, exc, event)
+
+
+def _read_cuda(event: tuple) -> tuple:
+    """A METRICS_DEFERRED event as the METRICS event it stands for, every CUDA snapshot read (this
+    waits for the copies the caller queued, here on the writer thread, never on the caller's)."""
+    _, values, step, ts = event
+    return (
+        METRICS,
+        {k: (v.read() if type(v) is CudaScalar else v) for k, v in values.items()},
+        step,
+        ts,
+    )

@@ -26,17 +26,14 @@ from typing import Any
 
 import orjson
 
+from ..errors import SinkBusyError
 from ..rundir import DELIVERY_DIR, write_json_atomic
 
-__all__ = ["DeliveryStore", "SinkBusyError"]
+__all__ = ["DeliveryStore"]
 
 _logger = logging.getLogger(__name__)
 
 _SEQ = struct.Struct("<Q")
-
-
-class SinkBusyError(RuntimeError):
-    """Another live process delivers this run to this sink (an agent, or a replay)."""
 
 
 class DeliveryStore:

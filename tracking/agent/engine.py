@@ -35,8 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..errors import SinkBusyError
 from ..sinks.base import PermanentSinkError, RunContext, Sink
-from .cursors import DeliveryStore, SinkBusyError
+from .cursors import DeliveryStore
 
 __all__ = ["Outcome", "SlotState", "RetryPolicy", "SinkSlot", "replay_command"]
 

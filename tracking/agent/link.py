@@ -13,6 +13,7 @@ second link of kind "thread".
 """
 from __future__ import annotations
 
+import enum
 import itertools
 import logging
 import os
@@ -33,7 +34,7 @@ from .protocol import (
 from .service import Agent
 from .specs import SinkSpec
 
-__all__ = ["AgentLink", "Waiter", "PROCESS", "THREAD"]
+__all__ = ["AgentLink", "LinkState", "Waiter", "PROCESS", "THREAD"]
 
 _logger = logging.getLogger(__name__)
 
@@ -43,6 +44,15 @@ THREAD = "thread"
 _MAX_RESTARTS = 5
 #: how long close() waits for an agent to take its Shutdown and exit
 _CLOSE_TIMEOUT_S = 5.0
+
+
+class LinkState(enum.Enum):
+    """Where a link is in its life."""
+
+    IDLE = "idle"  #: no agent started yet (the first start_run starts it)
+    RUNNING = "running"  #: an agent serves; if it dies, a new one is started
+    CLOSED = "closed"  #: Shutdown sent: the agent exits once the runs it is ending are done
+    FORGOTTEN = "forgotten"  #: in a forked child: the agent is the parent's
 
 
 class Waiter:
@@ -93,22 +103,22 @@ class AgentLink:
         self._runs: dict[str, RunContext] = {}  # open or ending: re-opened on a restarted agent
         self._progress: dict[str, dict[str, dict[str, Any]]] = {}
         self._configured = threading.Event()
-        self._closed = False
+        self.state = LinkState.IDLE
 
     # -- lifecycle (caller's thread) ---------------------------------------------------------------
 
     def start(self) -> None:
         """Start the agent if it is not running; returns at once."""
         with self._lock:
-            if self._sock is None and not self._closed:
+            if self.state is LinkState.IDLE:
                 self._spawn()
 
     def close(self, timeout_s: float = _CLOSE_TIMEOUT_S) -> None:
         """Let the agent finish the runs it is ending, then exit; waits for a thread agent only."""
         with self._lock:
-            if self._closed:
+            if self.state is LinkState.CLOSED or self.state is LinkState.FORGOTTEN:
                 return
-            self._closed = True
+            self.state = LinkState.CLOSED
             self._send(Shutdown())
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -116,7 +126,7 @@ class AgentLink:
 
     def forget_after_fork(self) -> None:
         """In a forked child: the parent's agent is not ours; never talk to it, never restart it."""
-        self._closed = True
+        self.state = LinkState.FORGOTTEN
         self._sock = None
         self._wake_fd = None
         self._proc = None
@@ -187,6 +197,7 @@ class AgentLink:
             pass  # the reader thread sees the agent gone and restarts it, re-sending what is open
 
     def _spawn(self) -> None:
+        self.state = LinkState.RUNNING
         self._generation += 1
         self._configured.clear()
         if self.kind == PROCESS:
@@ -321,8 +332,8 @@ class AgentLink:
             if self._wake_fd is not None:
                 os.close(self._wake_fd)
                 self._wake_fd = None
-            if self._closed:
-                return
+            if self.state is not LinkState.RUNNING:
+                return  # closed (the agent exits after its Shutdown), or forgotten in a forked child
             self.restarts += 1
             if self.kind == PROCESS and self.restarts > _MAX_RESTARTS:
                 _logger.warning("tracking: the delivery agent died %d times; delivering from a thread of this "

@@ -15,24 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import TrackingError
+from ..errors import ReplayError, SinkBusyError
 from ..journal import JournalReader
 from ..journal.reader import DEFAULT_CHUNK_EVENTS
 from ..rundir import read_meta, write_meta
 from ..sinks import resolve_sink
 from ..sinks.base import RunContext, Sink
-from .cursors import DeliveryStore, SinkBusyError
+from .cursors import DeliveryStore
 from .engine import Outcome, RetryPolicy, SinkSlot
 
-__all__ = ["replay", "ReplayError", "ReplayResult", "DEFAULT_REPLAY_TIMEOUT_S"]
+__all__ = ["replay", "ReplayResult", "DEFAULT_REPLAY_TIMEOUT_S"]
 
 #: how long a replay keeps retrying a failing sink before it gives up
 DEFAULT_REPLAY_TIMEOUT_S = 30.0
 _RETRY = RetryPolicy(initial_s=0.5, max_s=5.0)
-
-
-class ReplayError(TrackingError):
-    """A replay could not finish; the message is one line that says why and what to do."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ has none), and the final meta.json is written.
 """
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import threading
@@ -39,7 +40,7 @@ from .protocol import (
     AgentOptions, Configure, Configured, Ended, EndRun, Flush, Flushed, LogRecord, OpenRun, Progress, Shutdown,
 )
 
-__all__ = ["Agent", "RunService", "FreshEvents"]
+__all__ = ["Agent", "AgentState", "RunService", "FreshEvents"]
 
 _logger = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class RunService:
         self.ending = message
         self.journal_grew()
         self.known_seq = max(self.known_seq, message.final_seq)
-        self.write_meta = message.background or self.agent.orphaned
+        self.write_meta = message.background or self.agent.state is AgentState.ORPHANED
         timeout = self.options.catch_up_timeout_s if message.background else message.timeout_s
         self._scope.deadline = min(self._scope.deadline, anyio.current_time() + timeout)
         self._notify()
@@ -289,9 +290,17 @@ class RunService:
         self.agent.send(Ended(self.run.run_id, reports, timed_out))
         if timed_out:
             behind = {n: r["undelivered"] for n, r in reports.items() if r["undelivered"]}
-            if behind and self.agent.orphaned:
+            if behind and self.agent.state is AgentState.ORPHANED:
                 _logger.error("tracking: run %s: the catch-up deadline passed with sinks behind (%s); "
                               "replay them from the journal", self.run.run_id, behind)
+
+
+class AgentState(enum.Enum):
+    """Where an agent is in its life."""
+
+    SERVING = "serving"  #: runs come and go; the training process is there
+    SHUTTING_DOWN = "shutting down"  #: told to stop: exits once the runs being ended are done
+    ORPHANED = "orphaned"  #: the training process is gone: finishes every run from its journal, then exits
 
 
 class Agent:
@@ -306,8 +315,7 @@ class Agent:
         self.options = AgentOptions()
         self.sinks: list[tuple[Sink, threading.Lock, str]] = []
         self.runs: dict[str, RunService] = {}
-        self.orphaned = False
-        self.shutting_down = False
+        self.state = AgentState.SERVING
         self._objects = objects or {}
         # Guards the channel's sending side: the loop answers, and log records come from any thread.
         self._send_lock = threading.Lock()
@@ -369,7 +377,8 @@ class Agent:
             else:
                 run.end(message)
         elif isinstance(message, Shutdown):
-            self.shutting_down = True
+            if self.state is AgentState.SERVING:
+                self.state = AgentState.SHUTTING_DOWN
             self._check_done()
         else:
             _logger.error("tracking agent: unknown message %.100r", message)
@@ -431,16 +440,16 @@ class Agent:
         self._orphan()
 
     def _orphan(self) -> None:
-        if self.orphaned:
+        if self.state is AgentState.ORPHANED:
             return
-        self.orphaned = True
+        self.state = AgentState.ORPHANED
         self._channel_open = False
         for run in list(self.runs.values()):
             run.orphaned()
         self._check_done()
 
     def _check_done(self) -> None:
-        if (self.orphaned or self.shutting_down) and not self.runs and self._done is not None:
+        if self.state is not AgentState.SERVING and not self.runs and self._done is not None:
             self._done.set()
 
 

@@ -24,10 +24,10 @@ import json
 import logging
 import os
 import re
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from ...events import ARTIFACT, EXPERIMENT, FIGURE, METRICS, PARAMS, TAG
-from ...redact import DEFAULT_SECRET_KEY_PATTERNS, MASK, is_secret_key, redact_config
+from ...redact import DEFAULT_SECRET_KEY_PATTERNS, MASK, flatten_config, is_secret_key, redact_config
 
 __all__ = [
     "MAX_METRICS_PER_REQUEST",
@@ -73,16 +73,6 @@ FIGURES_ARTIFACT_DIR = "figures"
 _KEY_BAD_CHARS = re.compile(r"[^/\w.\- ]")
 #: sanitised keys remembered per sink; a run that invents keys without end must not grow memory
 _KEY_CACHE_MAX = 100_000
-
-
-def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """("model.hidden_dims", [64, 32]) pairs from nested mappings; lists and empty dicts are values."""
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            yield from _flatten(value, name + ".")
-        else:
-            yield name, value
 
 
 def _json_len(text: str) -> int:
@@ -162,7 +152,7 @@ class _Encoder:
     def param_pairs(self, params: Mapping[str, Any], into: dict[str, str]) -> None:
         """Add `params` (flattened, as text, secrets masked) to `into`, skipping what MLflow holds."""
         held = self.params
-        for raw_key, value in _flatten(redact_config(params, self.secret_patterns)):
+        for raw_key, value in flatten_config(redact_config(params, self.secret_patterns)):
             key = self.key(raw_key)
             text = self._truncate("param", key, value if type(value) is str else str(value), MAX_PARAM_VALUE_CHARS)
             old = held.get(key)

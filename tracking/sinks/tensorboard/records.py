@@ -21,6 +21,7 @@ from tensorboardX.proto import event_pb2, summary_pb2, types_pb2
 
 from ...errors import PermanentSinkError
 from ...events import PNG_SIGNATURE
+from ...redact import flatten_config
 
 __all__ = ["CONFIG_TAG"]
 
@@ -139,15 +140,12 @@ def _image_record(tag: str, png: bytes, step: int, wall_time: float) -> bytes:
     return _summary_record(step, wall_time, tag=tag, image=image)
 
 
-def _config_rows(config: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
+def _config_rows(config: Mapping[str, Any]) -> Iterator[str]:
     def cell(value: Any) -> str:  # a '|' would end the cell and a newline the row
         return str(value).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
-    for key, value in config.items():
-        if isinstance(value, Mapping) and value:
-            yield from _config_rows(value, f"{prefix}{key}.")
-        else:
-            yield f"| {cell(f'{prefix}{key}')} | {cell(value)} |"
+    for key, value in flatten_config(config):
+        yield f"| {cell(key)} | {cell(value)} |"
 
 
 def _config_record(config: Mapping[str, Any], step: int, wall_time: float) -> bytes:

@@ -1,0 +1,86 @@
+"""Step resolution: what `step=None` becomes (one past the highest step any of the event's keys used).
+
+Runs where a run's events are put in order, once per event: the training process's writer thread
+(`tracking.run_journal`), or the caller's thread in sync mode; so both modes give the same steps,
+and the journal holds every step resolved.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from .events import METRICS
+
+__all__ = ["StepResolver"]
+
+
+class StepResolver:
+    """Gives `step=None` a value: one past the highest step any of the event's keys has used.
+
+    So `log_metric("loss", x)` called repeatedly steps 0, 1, 2, ... per key, and `log_metrics(d)`
+    without a step gives all of d's values one shared step. Runs where events are put in order
+    (the writer thread, or the caller in sync mode), so both modes give the same steps.
+
+    Events with a step (the trainer's) only note the highest step per key *set* (one tuple and
+    one dict lookup, not one per key); the per-key table is brought up to date from those notes
+    when an event without a step needs it.
+    """
+
+    __slots__ = ("_next", "_seen")
+
+    #: distinct key sets noted before they are folded into the per-key table regardless
+    _MAX_SEEN = 1024
+
+    def __init__(self) -> None:
+        self._next: dict[str, int] = {}
+        self._seen: dict[tuple[str, ...], int] = {}  # key set -> highest explicit step
+
+    def resolve_all(self, events: list[tuple], other: Callable[[tuple], tuple | None]) -> list[tuple]:
+        """`resolve` for every METRICS event of a batch, in place and in one loop (the writer's hot
+        path: an event with a step stays as it is); every other event is replaced by what `other`
+        returns for it, and left out where that is None."""
+        seen, fold_at = self._seen, self._MAX_SEEN
+        dropped = False
+        for index, event in enumerate(events):
+            if event[0] is METRICS and event[2] is not None:
+                keys = tuple(event[1])
+                step = event[2]
+                if seen.get(keys, -1) < step:
+                    if len(seen) >= fold_at and keys not in seen:
+                        self._fold()
+                    seen[keys] = step
+            elif event[0] is METRICS:
+                events[index] = self._assign(event)
+            else:
+                events[index] = prepared = other(event)
+                dropped |= prepared is None
+        return [event for event in events if event is not None] if dropped else events
+
+    def resolve(self, event: tuple) -> tuple:
+        step = event[2]
+        if step is None:
+            return self._assign(event)
+        keys = tuple(event[1])
+        seen = self._seen
+        if seen.get(keys, -1) < step:
+            if len(seen) >= self._MAX_SEEN and keys not in seen:
+                self._fold()
+            seen[keys] = step
+        return event
+
+    def _assign(self, event: tuple) -> tuple:
+        _, values, _, ts = event
+        self._fold()
+        nxt = self._next
+        step = max((nxt.get(k, 0) for k in values), default=0)
+        for key in values:
+            nxt[key] = step + 1
+        return (METRICS, values, step, ts)
+
+    def _fold(self) -> None:
+        nxt = self._next
+        for keys, step in self._seen.items():
+            following = step + 1
+            for key in keys:
+                if nxt.get(key, 0) < following:
+                    nxt[key] = following
+        self._seen.clear()
