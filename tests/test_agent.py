@@ -194,7 +194,7 @@ while True:
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=60)
     run_dir = tmp_path / "runs" / run_id
-    meta = read_meta(run_dir)
+    meta = _wait_for_status(run_dir, 60)  # the handler waits 10 s at most: the agent may finish alone
     assert meta["status"] == "KILLED" and all(s["undelivered"] == 0 for s in meta["sinks"].values()), meta
     assert _tensorboard_steps(run_dir, "x") == list(range(3000))
     deadline = time.monotonic() + 30  # with its training process gone, the agent exits on its own

@@ -74,7 +74,7 @@ def test_replay_skips_a_journal_entry_that_would_leave_the_run_directory(make_tr
     evil = b'["batch",32,[["figure","x","../../outside.png",0.0],["metrics",{"loss":9.0},30,0.0]]]\n'
     journal.write_bytes(b"".join(lines[:-1]) + evil + lines[-1])
     out = _cli("replay", str(run_dir), "--to", "tensorboard")
-    assert out.returncode == 0 and "replayed 33 events" in out.stdout, out.stderr
+    assert out.returncode == 0 and "replayed 32 events to tensorboard (1 unreadable in the journal, skipped)" in out.stdout, out.stderr
     assert "was skipped" in out.stderr and "Traceback" not in out.stderr
     assert read_meta(run_dir)["sinks"]["tensorboard"]["lost"] == 1
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

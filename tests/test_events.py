@@ -209,5 +209,6 @@ def test_a_value_that_breaks_while_being_journaled_costs_only_itself(make_tracke
     tracker.log_params({"obj": Unprintable()})
     tracker.log_metric("x", 2.0, step=1)
     report = tracker.end_run()
-    assert report.events == 2 and report.complete
+    assert report.events == 2 and report.unrecorded == 1 and not report.complete, report.summary()
+    assert all(s["undelivered"] == 0 for s in report.sinks.values())
     assert json.load(open(tracker.base_dir / run_id / "metrics.json")) == {"x": 2.0}

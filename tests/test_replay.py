@@ -78,3 +78,23 @@ def test_replay_refuses_a_sink_a_live_agent_serves(make_tracker):
     finally:
         gate.gate.set()
     assert out.returncode == 2 and "is being delivered by process" in out.stderr, out.stderr
+
+
+def test_replay_passes_over_a_damaged_line_with_a_warning_and_delivers_the_rest(tmp_path):
+    run_dir = _journaled_run(tmp_path, 1000, batch=100)
+    journal = run_dir / "journal.jsonl"
+    lines = journal.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 12  # the header, ten batches of 100, the end line
+    lines[5] = b"#" * (len(lines[5]) - 1) + b"\n"  # seqs 401-500 (steps 400-499): bytes gone bad on disk
+    journal.write_bytes(b"".join(lines))
+    out = _cli("replay", str(run_dir), "--to", "tensorboard")
+    assert out.returncode == 0, out.stderr
+    assert "replayed 900 events to tensorboard (100 unreadable in the journal, skipped)" in out.stdout
+    assert "unreadable" in out.stderr and "Traceback" not in out.stderr
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    assert [s.step for s in accumulator.Scalars("loss")] == [*range(400), *range(500, 1000)]
+    again = _cli("replay", str(run_dir), "--to", "tensorboard")
+    assert again.returncode == 0 and "replayed 0 events" in again.stdout, again.stdout

@@ -471,7 +471,7 @@ def test_stats_report_queue_and_lag(make_tracker):
     tracker.flush()
     stats = tracker.stats()
     assert stats.enqueued == 1 and stats.dropped == 0 and stats.sink_errors == {"json": 0}
-    assert 0 <= stats.worker_lag_s < 5
+    assert 0 <= stats.writer_lag_s < 5
 
 
 def test_a_sink_that_gives_up_at_open_does_not_stop_the_others(make_tracker):

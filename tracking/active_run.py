@@ -17,7 +17,7 @@ from .agent.engine import RetryPolicy, replay_command
 from .agent.inline import InlineDelivery
 from .agent.link import AgentLink
 from .agent.protocol import EndRun
-from .queue import BLOCK
+from .queue import BLOCK, INITIAL_EVENT_BYTES
 from .rundir import finish_meta, read_meta, write_meta
 from .run_journal import RunJournal
 from .sinks.base import RunContext, Sink
@@ -46,12 +46,13 @@ class RunSettings:
     @property
     def hold_events(self) -> int:
         """Events held in memory while the journal's disk is full: about the queue's budget."""
-        return max(self.memory_budget_bytes // 400, 1000)
+        return max(self.memory_budget_bytes // INITIAL_EVENT_BYTES, 1000)
 
 
 def _missing_report(last_seq: int, error: str) -> dict[str, Any]:
     return {"delivered": 0, "delivered_seq": 0, "committed_seq": 0, "undelivered": last_seq, "rejected": 0,
-            "lost": 0, "errors": 0, "last_error": error, "state": "unknown", "closed": False, "placement": "?"}
+            "lost": 0, "errors": 0, "last_error": error, "journal_chunks": 0, "state": "unknown", "closed": False,
+            "placement": "?"}
 
 
 class AsyncRun:
@@ -84,13 +85,15 @@ class AsyncRun:
                 return False
         return True
 
-    def end(self, status: str, timeout_s: float, background: bool) -> RunReport:
+    def end(self, status: str, timeout_s: float, background: bool, wait_s: float = 0.0) -> RunReport:
+        """Journal the rest and end the run. `background`: the agent process finishes it alone;
+        `wait_s`: how long to wait for it to be done all the same (the exit hook's bounded wait)."""
         deadline = time.monotonic() + timeout_s
         last_seq = self._close_journal(status, timeout_s)
         extra = {"dropped": self.writer.queue.dropped, "tags": dict(self.journal.tags),
-                 "disk_dropped": self.journal.disk_dropped, "end_time": time.time()}
+                 "unrecorded": self.journal.unrecorded + self.writer.unrecorded, "end_time": time.time()}
         if background:
-            return self._end_in_background(status, last_seq, deadline, extra)
+            return self._end_in_background(status, last_seq, deadline, extra, wait_s)
         waiters = [(link, link.end_run(EndRun(self.run.run_id, status, last_seq, max(deadline - time.monotonic(), 0))))
                    for link in self.links]
         sinks: dict[str, dict[str, Any]] = {}
@@ -123,8 +126,10 @@ class AsyncRun:
                 link.wake()
         return self.journal.last_seq
 
-    def _end_in_background(self, status: str, last_seq: int, deadline: float, extra: dict[str, Any]) -> RunReport:
-        """Sinks served in this process are waited for; the agent process finishes the rest alone."""
+    def _end_in_background(self, status: str, last_seq: int, deadline: float, extra: dict[str, Any],
+                           wait_s: float) -> RunReport:
+        """Sinks served in this process are waited for; the agent process finishes the rest alone
+        (the link keeps the request until it is answered: a restarted agent gets it again)."""
         process = [link for link in self.links if link.kind == "process"]
         local = [link for link in self.links if link.kind != "process"]
         done: dict[str, dict[str, Any]] = {}
@@ -139,15 +144,17 @@ class AsyncRun:
         meta = read_meta(self.run.run_dir)
         meta.update(pending_status=status, end_time=extra["end_time"], events=last_seq)
         write_meta(self.run.run_dir, meta)
-        for link in process:
-            link.end_run(EndRun(self.run.run_id, status, last_seq, 0.0, background=True,
-                                meta={**extra, "other_sinks": done}))
-            link.forget_run(self.run.run_id)
+        waiters = [link.end_run(EndRun(self.run.run_id, status, last_seq, 0.0, background=True,
+                                       meta={**extra, "other_sinks": done}))
+                   for link in process]
+        answers = [waiter.wait(wait_s) for waiter in waiters]
         sinks = dict(done)
-        for link in process:
-            sinks.update(link.progress(self.run.run_id))
-        report = _report(self.run, status, last_seq, extra, self._complete(sinks, last_seq), False)
-        report.background, report.replay_commands = True, []
+        for link, answer in zip(process, answers):
+            sinks.update(answer.sinks if answer is not None else link.progress(self.run.run_id))
+        report = _report(self.run, status, last_seq, extra, self._complete(sinks, last_seq),
+                         any(answer is not None and answer.timed_out for answer in answers))
+        if any(answer is None for answer in answers):  # still at it: it writes the final meta.json
+            report.background, report.replay_commands = True, []
         self._store.close_views()
         return report
 
@@ -173,7 +180,8 @@ class AsyncRun:
             if seq is not None and seq > report["delivered_seq"]:
                 report["delivered_seq"] = seq
         agent_pid = next((link.pid for link in self.links if link.kind == "process"), None)
-        return _stats(sinks, last, len(queue), queue.dropped, self.writer.lag_s, self.journal, agent_pid)
+        return TrackerStats.of(sinks, last, queue_depth=len(queue), held=self.journal.held, dropped=queue.dropped,
+                               writer_lag_s=self.writer.lag_s, journal_errors=self.journal.errors, agent_pid=agent_pid)
 
     def forget_after_fork(self) -> None:
         self.writer.queue.discard_all()
@@ -193,9 +201,9 @@ class SyncRun:
     def flush(self, timeout_s: float | None) -> bool:
         return self.delivery.flush(timeout_s)
 
-    def end(self, status: str, timeout_s: float, background: bool) -> RunReport:
+    def end(self, status: str, timeout_s: float, background: bool, wait_s: float = 0.0) -> RunReport:
         last_seq, sinks, timed_out = self.delivery.stop(status, timeout_s)
-        extra = {"dropped": 0, "tags": dict(self.journal.tags), "disk_dropped": self.journal.disk_dropped,
+        extra = {"dropped": 0, "tags": dict(self.journal.tags), "unrecorded": self.journal.unrecorded,
                  "end_time": time.time()}
         finish_meta(self.run.run_dir, status, last_seq, sinks, timed_out, **extra)
         return _report(self.run, status, last_seq, extra, sinks, timed_out)
@@ -203,7 +211,7 @@ class SyncRun:
     def stats(self) -> TrackerStats:
         last = self.journal.last_seq
         sinks = {slot.name: slot.report(last) for slot in self.delivery.slots}
-        return _stats(sinks, last, 0, 0, 0.0, self.journal, None)
+        return TrackerStats.of(sinks, last, held=self.journal.held, journal_errors=self.journal.errors)
 
     def forget_after_fork(self) -> None:
         self.delivery.store.forget_after_fork()
@@ -212,26 +220,6 @@ class SyncRun:
 def _report(run: RunContext, status: str, last_seq: int, extra: dict[str, Any],
             sinks: dict[str, dict[str, Any]], timed_out: bool) -> RunReport:
     report = RunReport(run_id=run.run_id, run_dir=Path(run.run_dir), status=status, events=last_seq,
-                       dropped=extra["dropped"], sinks=sinks, timed_out=timed_out,
-                       disk_dropped=extra["disk_dropped"])
+                       dropped=extra["dropped"], sinks=sinks, timed_out=timed_out, unrecorded=extra["unrecorded"])
     report.replay_commands = [replay_command(run.run_dir, name) for name, s in sinks.items() if s["undelivered"]]
     return report
-
-
-def _stats(sinks: dict[str, dict[str, Any]], last: int, depth: int, dropped: int, lag_s: float,
-           journal: RunJournal, agent_pid: int | None) -> TrackerStats:
-    return TrackerStats(
-        queue_depth=depth,
-        enqueued=last + journal.held + depth,
-        dropped=dropped,
-        delivered={n: s["delivered"] for n, s in sinks.items()},
-        undelivered={n: max(last - s["delivered_seq"], 0) for n, s in sinks.items()},
-        sink_errors={n: s["errors"] for n, s in sinks.items()},
-        worker_lag_s=lag_s,
-        journal_errors=journal.errors,
-        agent_pid=agent_pid,
-        cursors={n: s["delivered_seq"] for n, s in sinks.items()},
-        placement={n: s.get("placement", "?") for n, s in sinks.items()},
-        journaled=last,
-        held=journal.held,
-    )

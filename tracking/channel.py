@@ -2,7 +2,7 @@
 
 Runs on whichever thread calls it; one message at a time per socket (callers that share a socket
 serialise their calls). Used by the MLflow sink's helper process (`tracking.sinks.mlflow`) and
-(soon) by the delivery agent's control channel.
+by the delivery agent's control channel (`tracking.agent`).
 
 A message is an 8-byte big-endian length, then that many bytes of pickle. Both ends are this
 package, in processes of the same user, so pickle is safe here: never point it at a socket that
@@ -25,8 +25,7 @@ _HEADER = struct.Struct("!Q")
 
 def send_msg(sock: socket.socket, message: Any) -> None:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    sock.sendall(_HEADER.pack(len(data)))
-    sock.sendall(data)
+    sock.sendall(_HEADER.pack(len(data)) + data)  # one call: a message is one write, not two
 
 
 def recv_exact(sock: socket.socket, size: int) -> bytes:

@@ -32,8 +32,8 @@ def _delivery(run_dir: Path, meta: dict[str, Any]) -> tuple[int, dict[str, dict[
     for name, state in DeliveryStore(run_dir).load_all().items():
         merged = sinks.setdefault(name, {})
         merged.update({k: v for k, v in state.items() if k not in ("checkpoint", "facts")})
-    for report in sinks.values():
-        report["undelivered"] = max(journaled - int(report.get("delivered_seq", 0)), 0)
+    for report in sinks.values():  # what is not durable in the sink yet (what a replay would send)
+        report["undelivered"] = max(journaled - int(report.get("committed_seq", report.get("delivered_seq", 0))), 0)
     return journaled, sinks
 
 
@@ -52,14 +52,18 @@ def _runs(base_dir: Path) -> list[dict[str, Any]]:
             meta = read_meta(meta_path.parent)
         except (OSError, ValueError):
             continue
-        metrics_path = meta_path.parent / "metrics.json"
-        try:
-            meta["metrics"] = orjson.loads(metrics_path.read_bytes()) if metrics_path.exists() else {}
-        except (OSError, ValueError):
-            meta["metrics"] = {}
+        meta["metrics"] = _metrics(meta_path.parent)
         meta["journaled"], meta["sinks"] = _delivery(meta_path.parent, meta)
         rows.append(meta)
     return rows
+
+
+def _metrics(run_dir: Path) -> dict[str, Any]:
+    """The run's latest metrics (metrics.json), or {} if there are none (yet) or it can't be read."""
+    try:
+        return orjson.loads((run_dir / "metrics.json").read_bytes())
+    except (OSError, ValueError):
+        return {}
 
 
 def _fmt_time(ts: float | None) -> str:
@@ -94,12 +98,11 @@ def _show(run: str, base_dir: Path, as_json: bool) -> int:
         print(f"error: cannot read {run_dir / META_FILE}: {exc}", file=sys.stderr)
         return 2
     journaled, sinks = _delivery(run_dir, meta)
-    metrics_path = run_dir / "metrics.json"
     info = {
         "run_id": meta.get("run_id"), "status": meta.get("status"), "pending_status": meta.get("pending_status"),
         "experiment": meta.get("experiment"), "config": JournalReader(run_dir).header_only().get("config", {}),
         "tags": meta.get("tags", {}),
-        "metrics": orjson.loads(metrics_path.read_bytes()) if metrics_path.exists() else {},
+        "metrics": _metrics(run_dir),
         "journaled": journaled, "sinks": sinks,
     }
     if as_json:
@@ -129,11 +132,13 @@ def _replay(run_dir: str, sinks: Sequence[str], tracking_uri: str | None, timeou
         except ReplayError as exc:
             print(f"error: cannot replay {run_dir} to {name}: {_one_line(exc)}", file=sys.stderr)
             return 2
-        except OSError as exc:
+        except Exception as exc:  # a CLI answers in one line, never a traceback
             print(f"error: cannot replay {run_dir} to {name}: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
             return 2
-        rejected = f" ({result.rejected} refused by the sink)" if result.rejected else ""
-        print(f"replayed {result.sent} events to {name}{rejected}")
+        notes = [f"{result.rejected} refused by the sink"] if result.rejected else []
+        if result.lost:
+            notes.append(f"{result.lost} unreadable in the journal, skipped")
+        print(f"replayed {result.sent} events to {name}" + (f" ({'; '.join(notes)})" if notes else ""))
     return 0
 
 

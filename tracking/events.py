@@ -85,7 +85,7 @@ class CudaScalar:
     """An asynchronous host copy of a CUDA scalar, read on the writer thread.
 
     The copy is queued on the tensor's current stream into pinned memory and an event is recorded
-    after it, so the caller never waits for the GPU; `read()` (worker thread) waits on that event.
+    after it, so the caller never waits for the GPU; `read()` (writer thread) waits on that event.
     """
 
     __slots__ = ("_host", "_done")

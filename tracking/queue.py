@@ -17,14 +17,14 @@ from typing import Callable
 
 from .errors import QueueClosedError
 
-__all__ = ["EventQueue", "BLOCK", "DROP", "POLICIES"]
+__all__ = ["EventQueue", "BLOCK", "DROP", "POLICIES", "INITIAL_EVENT_BYTES", "event_bytes"]
 
 BLOCK = "block"
 DROP = "drop"
 POLICIES = (BLOCK, DROP)
 
 #: a first guess at what a queued event weighs (a 1-key METRICS tuple with its dict and float)
-_INITIAL_EVENT_BYTES = 400
+INITIAL_EVENT_BYTES = 400
 #: a blocked producer resumes once the queue is below this fraction of its maximum
 _RESUME_FRACTION = 0.9
 _BLOCK_POLL_S = 0.0005
@@ -60,7 +60,7 @@ class EventQueue:
         self._items: deque = deque()
         self._wake_at = wake_at_events
         self._is_consumer_alive = is_consumer_alive
-        self.set_event_bytes(_INITIAL_EVENT_BYTES)
+        self.set_event_bytes(INITIAL_EVENT_BYTES)
 
     # -- caller's thread -------------------------------------------------------------------------
 
@@ -126,8 +126,14 @@ class EventQueue:
         """Pop up to `limit` items, oldest first."""
         items = self._items
         popleft = items.popleft
-        n = min(len(items), limit)
-        return [popleft() for _ in range(n)]
+        out: list = []
+        append = out.append
+        try:
+            for _ in range(min(len(items), limit)):
+                append(popleft())
+        except IndexError:
+            pass  # a producer's drop policy popped the newest item meanwhile: that is all there is
+        return out
 
     def set_event_bytes(self, bytes_per_event: int) -> None:
         """Re-derive the length limit from what an event was measured to weigh."""

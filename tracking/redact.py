@@ -1,6 +1,6 @@
 """Config as it leaves the machine: secret-looking values masked, nested keys flattened.
 
-Runs in sinks (worker thread, or the caller's in sync mode) that send data elsewhere or into files
+Runs in sinks (in the delivery agent, or on the caller's thread in sync mode) that send data elsewhere or into files
 that get shared: MLflow params and tags, TensorBoard's config and tag text. The local `config.json`
 and the journal keep what the user gave: they never leave the machine.
 """

@@ -7,10 +7,12 @@ For each batch it reads CUDA snapshots, gives `step=None` its value, writes figu
 `figures/`, keeps the run's tags, and appends the batch to the journal. Nothing else: no sink code,
 no encoding for a sink. When the disk refuses the journal (ENOSPC), the batch is held in memory,
 up to `hold_events`, and appended before the next one once the disk takes it again, so seq
-numbers keep the logging order; events past that bound are dropped and counted (`disk_dropped`).
+numbers keep the logging order; events past that bound are dropped and counted (`unrecorded`).
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,6 +25,9 @@ from .steps import StepResolver
 __all__ = ["RunJournal"]
 
 _logger = logging.getLogger(__name__)
+
+#: errors that mean "the disk is full (for now)": a figure that meets one is held and written later
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
 
 
 class RunJournal:
@@ -47,14 +52,15 @@ class RunJournal:
         return self.journal.last_seq
 
     @property
-    def size(self) -> int:
-        """Bytes of whole lines in the journal."""
-        return self.journal.size
-
-    @property
     def held(self) -> int:
         """Events waiting for the disk."""
         return len(self._held)
+
+    @property
+    def unrecorded(self) -> int:
+        """Events that will never be journaled: dropped while the disk stayed full, or not preparable
+        or encodable (each logged)."""
+        return self.disk_dropped + self.prepare_errors + self.journal.left_out
 
     def record(self, events: Sequence[tuple]) -> tuple[int, list[tuple]] | None:
         """Prepare and journal `events` (after any held ones); returns (first seq, events journaled),
@@ -136,9 +142,12 @@ class RunJournal:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(png)
-        except OSError:
-            path.unlink(missing_ok=True)
-            return event  # still bytes: journaling fails too on a full disk, and this is retried
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+            if exc.errno in _DISK_FULL:
+                return event  # still bytes: held with its batch, written when the disk takes it
+            raise  # this figure can never be written (a folder in the way, no permission): left out
         self._figure_counts[stem] = count + 1
         return (FIGURE, name, str(path), ts)
 

@@ -1,7 +1,8 @@
 """The run directory: run ids, the folder layout, and the run meta file.
 
-`create_run_dir` runs on the caller's thread inside `start_run()`; `write_meta` runs there once and
-then on the worker thread (or the caller's, in sync mode) when the run ends.
+`create_run_dir` runs on the caller's thread inside `start_run()`; `write_meta` runs there once;
+`finish_meta` runs where the run's delivery ends: the caller's thread at `end_run()`, or the delivery
+agent when it finishes a run alone (the training process died, or `end_run(background=True)`).
 
 Layout of `{base_dir}/{run_id}/`:
 

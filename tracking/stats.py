@@ -19,9 +19,9 @@ class TrackerStats(NamedTuple):
     enqueued: int  #: events accepted from log calls in this run
     dropped: int  #: events dropped by the `drop` full-queue policy
     delivered: dict[str, int]  #: per sink: events the sink accepted
-    undelivered: dict[str, int]  #: per sink: journaled but not (yet) delivered
+    undelivered: dict[str, int]  #: per sink: journaled but not handed to it yet (after the run: not durable in it)
     sink_errors: dict[str, int]  #: per sink: failed calls
-    worker_lag_s: float  #: age of the oldest event in the writer's latest batch
+    writer_lag_s: float  #: age of the oldest event in the writer's latest batch
     journal_errors: int  #: journal appends the disk refused (the events were held and retried)
     agent_pid: int | None = None  #: the delivery agent process (None: sync mode, or no agent process)
     cursors: dict[str, int] = {}  #: per sink: every event up to this seq was delivered
@@ -29,10 +29,37 @@ class TrackerStats(NamedTuple):
     journaled: int = 0  #: the last seq in the journal
     held: int = 0  #: events waiting for the disk to take the journal again
 
+    @classmethod
+    def of(cls, sinks: dict[str, dict[str, Any]], journaled: int, *, queue_depth: int = 0, held: int = 0,
+           dropped: int = 0, writer_lag_s: float = 0.0, journal_errors: int = 0, agent_pid: int | None = None,
+           ended: bool = False) -> TrackerStats:
+        """From the sinks' reports: live (`undelivered` from where each was handed events), or, once
+        the run `ended`, from its report (`undelivered` from where each is durable)."""
+        return cls(
+            queue_depth=queue_depth,
+            enqueued=journaled + held + queue_depth,
+            dropped=dropped,
+            delivered={n: s["delivered"] for n, s in sinks.items()},
+            undelivered={n: (s["undelivered"] if ended else max(journaled - s["delivered_seq"], 0))
+                         for n, s in sinks.items()},
+            sink_errors={n: s["errors"] for n, s in sinks.items()},
+            writer_lag_s=writer_lag_s,
+            journal_errors=journal_errors,
+            agent_pid=agent_pid,
+            cursors={n: s["delivered_seq"] for n, s in sinks.items()},
+            placement={n: s.get("placement", "?") for n, s in sinks.items()},
+            journaled=journaled,
+            held=held,
+        )
+
 
 @dataclass
 class RunReport:
-    """What `end_run()` returns: how the run ended and what did not arrive where."""
+    """What `end_run()` returns: how the run ended and what did not arrive where.
+
+    `sinks[name]["undelivered"]` counts the events not durable in that sink (after its committed
+    cursor): what `python -m tracking replay` would send it.
+    """
 
     run_id: str
     run_dir: Path
@@ -44,21 +71,22 @@ class RunReport:
     replay_commands: list[str] = field(default_factory=list)
     #: `end_run(background=True)`: the agent is still delivering; `sinks` is where they stood
     background: bool = False
-    #: events that could not be journaled before the end (the disk stayed full), hence lost
-    disk_dropped: int = 0
+    #: events a log call accepted that never reached the journal, hence lost: the disk stayed full
+    #: past what could be held, or (a bug) one could not be prepared or encoded (each logged)
+    unrecorded: int = 0
 
     @property
     def complete(self) -> bool:
-        """True when every sink holds every event and nothing was dropped."""
-        return (self.dropped == 0 and self.disk_dropped == 0 and not self.background
+        """True when every sink holds every event and nothing was dropped or lost on the way."""
+        return (self.dropped == 0 and self.unrecorded == 0 and not self.background
                 and all(s["undelivered"] == 0 for s in self.sinks.values()))
 
     def summary(self) -> str:
         lines = [f"run {self.run_id} ended {self.status}: {self.events} events"]
         if self.dropped:
             lines.append(f"  {self.dropped} events were dropped by the 'drop' full-queue policy")
-        if self.disk_dropped:
-            lines.append(f"  {self.disk_dropped} events could not be journaled (the disk stayed full) and are lost")
+        if self.unrecorded:
+            lines.append(f"  {self.unrecorded} events never reached the journal (see the errors logged) and are lost")
         for name, sink in self.sinks.items():
             if sink["undelivered"] or sink["errors"] or sink["rejected"]:
                 lines.append(

@@ -56,16 +56,8 @@ class StepResolver:
         return [event for event in events if event is not None] if dropped else events
 
     def resolve(self, event: tuple) -> tuple:
-        step = event[2]
-        if step is None:
-            return self._assign(event)
-        keys = tuple(event[1])
-        seen = self._seen
-        if seen.get(keys, -1) < step:
-            if len(seen) >= self._MAX_SEEN and keys not in seen:
-                self._fold()
-            seen[keys] = step
-        return event
+        """One METRICS event with its step (a step=None event gets one)."""
+        return self.resolve_all([event], _unexpected)[0]
 
     def _assign(self, event: tuple) -> tuple:
         _, values, _, ts = event
@@ -84,3 +76,7 @@ class StepResolver:
                 if nxt.get(key, 0) < following:
                     nxt[key] = following
         self._seen.clear()
+
+
+def _unexpected(event: tuple) -> tuple:
+    raise TypeError(f"StepResolver.resolve takes METRICS events, got {event[0]!r}")

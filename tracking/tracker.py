@@ -67,7 +67,7 @@ from .events import (
 )
 from .queue import BLOCK, POLICIES
 from .redact import DEFAULT_SECRET_KEY_PATTERNS
-from .rundir import ARTIFACTS_DIR, base_meta, create_run_dir, new_run_id, write_meta
+from .rundir import ARTIFACTS_DIR, base_meta, create_run_dir, finish_meta, new_run_id, write_meta
 from .run_journal import RunJournal
 from .sinks import RunContext, Sink
 from .snapshot import snapshot_file
@@ -242,10 +242,16 @@ class Tracker:
         run = RunContext(run_id=run_id, run_name=run_name, run_dir=run_dir, experiment=self.experiment_name,
                          config=config, start_time=start, mode=self.mode, experiments=tuple(self._experiments),
                          secret_key_patterns=self.secret_key_patterns)
-        if self.mode == "sync":
-            self._active = SyncRun(run, journal, list(zip(self.sinks, self._sink_locks)), self.settings)
-        else:
-            self._active = AsyncRun(run, journal, self._agent_links(), [s.name for s in self.sinks], self.settings)
+        try:
+            if self.mode == "sync":
+                self._active = SyncRun(run, journal, list(zip(self.sinks, self._sink_locks)), self.settings)
+            else:
+                self._active = AsyncRun(run, journal, self._agent_links(), [s.name for s in self.sinks],
+                                        self.settings)
+        except BaseException:  # no run after all: leave its directory ended, not RUNNING for ever
+            journal.close("FAILED")
+            finish_meta(run_dir, "FAILED", 0, {})
+            raise
         self.run_id, self._run_dir = run_id, run_dir
         self.state = RunState.RUNNING
         self._emit = self._active.emit
@@ -265,8 +271,9 @@ class Tracker:
                 links.append(AgentLink(local, self._agent_options, THREAD, objects=objects))
             self._links = links
             lifecycle.track_links(self)
-            # A tracker dropped without close() lets its agents go too (they hold no reference to it).
-            weakref.finalize(self, _close_links, links)
+            # A tracker dropped without close() lets its agents go too (they hold no reference to it);
+            # at interpreter exit the exit hook does it, after ending the run.
+            weakref.finalize(self, _close_links, links).atexit = False
         return self._links
 
     def end_run(self, status: str = "FINISHED", timeout_s: float | None = None,
@@ -281,12 +288,15 @@ class Tracker:
         _check_choice("status", status, STATUSES)
         timeout_s = self.end_timeout_s if timeout_s is None else timeout_s
         background = self.end_in_background if background is None else bool(background)
+        return self._end(status, timeout_s, background)
+
+    def _end(self, status: str, timeout_s: float, background: bool, wait_s: float = 0.0) -> RunReport | None:
         with self._lifecycle_lock:
             if self.state is not RunState.RUNNING:
                 return self.last_report
             self._emit = self._run_ended  # from here on, log calls raise instead of being lost
             self.state = RunState.ENDED
-            report = self._active.end(status, timeout_s, background and self.mode == "async")
+            report = self._active.end(status, timeout_s, background and self.mode == "async", wait_s)
             self.last_report = report
             self._active = None
             lifecycle.untrack(self)
@@ -304,9 +314,14 @@ class Tracker:
             link.close()
 
     def _end_from_hook(self, status: str, timeout_s: float) -> None:
-        """Called by the atexit hook and signal handlers (tracking.lifecycle)."""
+        """Called by the atexit hook and signal handlers (tracking.lifecycle): the process is going.
+
+        Up to `timeout_s` is waited for the sinks; what an agent process has not delivered by then
+        it delivers on its own (the run ends in the background), rather than being cut off.
+        """
         if self.state is RunState.RUNNING:
-            self.end_run(status, timeout_s=min(timeout_s, self.end_timeout_s))
+            timeout_s = min(timeout_s, self.end_timeout_s)
+            self._end(status, timeout_s, background=True, wait_s=timeout_s)
 
     def _close_links_at_exit(self) -> None:
         """At interpreter exit: agent processes go on alone; agent threads get their Shutdown."""
@@ -458,21 +473,10 @@ class Tracker:
         if active is not None:
             return active.stats()
         report = self.last_report
-        sinks = report.sinks if report is not None else {}
-        return TrackerStats(
-            queue_depth=0,
-            enqueued=report.events if report is not None else 0,
-            dropped=report.dropped if report is not None else 0,
-            delivered={n: s["delivered"] for n, s in sinks.items()},
-            undelivered={n: s["undelivered"] for n, s in sinks.items()},
-            sink_errors={n: s["errors"] for n, s in sinks.items()},
-            worker_lag_s=0.0,
-            journal_errors=0,
-            agent_pid=next((link.pid for link in self._links or () if link.kind == PROCESS), None),
-            cursors={n: s["delivered_seq"] for n, s in sinks.items()},
-            placement={n: s.get("placement", "?") for n, s in sinks.items()},
-            journaled=report.events if report is not None else 0,
-        )
+        agent_pid = next((link.pid for link in self._links or () if link.kind == PROCESS), None)
+        if report is None:
+            return TrackerStats.of({}, 0, agent_pid=agent_pid)
+        return TrackerStats.of(report.sinks, report.events, dropped=report.dropped, agent_pid=agent_pid, ended=True)
 
     # -- internals ------------------------------------------------------------------------------------
 

@@ -67,7 +67,7 @@ class WriterThread:
         self.queue = EventQueue(memory_budget_bytes, full_queue_policy, wake_at_events=batch_max_events,
                                 is_consumer_alive=self.is_alive)
         self.lag_s = 0.0  #: age of the oldest event in the latest batch
-        self.write_errors = 0  #: batches the writer could not handle (logged; never fatal)
+        self.unrecorded = 0  #: events of batches the writer could not handle (logged; never fatal)
         self._wakers = list(wakers)  # each agent link's wake(): a byte on its wake pipe, never blocking
         self._batch_interval_s = batch_interval_s
         self._batch_max_events = batch_max_events
@@ -155,17 +155,18 @@ class WriterThread:
         return stop
 
     def _record(self, events: list[tuple]) -> None:
-        if not events:
-            return
-        self.lag_s = time.time() - events[0][-1]
+        if not events and not self.journal.held:
+            return  # (with events held for a full disk, every round tries again)
+        if events:
+            self.lag_s = time.time() - events[0][-1]
         self._batches += 1
-        if self._batches % _MEASURE_EVERY_BATCHES == 1:
+        if events and self._batches % _MEASURE_EVERY_BATCHES == 1:
             sample = events[:_MEASURE_SAMPLE]
             self.queue.set_event_bytes(sum(map(event_bytes, sample)) / len(sample))
         try:
             journaled = self.journal.record(events)
         except Exception:  # the loop must outlive anything a batch can do
-            self.write_errors += 1
+            self.unrecorded += len(events)
             _logger.exception("tracking: a batch of %d events could not be journaled", len(events))
             return
         if journaled is not None:

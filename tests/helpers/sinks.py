@@ -8,11 +8,12 @@ caller's thread (sync mode).
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Mapping, Sequence
 
 from tracking.sinks.base import RunContext
 
-__all__ = ["RecordingSink", "FailingSink", "GateSink"]
+__all__ = ["RecordingSink", "FailingSink", "GateSink", "SlowSink"]
 
 
 class RecordingSink:
@@ -73,4 +74,16 @@ class GateSink(RecordingSink):
     def write(self, events: Sequence[tuple]) -> None:
         self.entered.set()
         self.gate.wait(60)
+        super().write(events)
+
+
+class SlowSink(RecordingSink):
+    """Takes `per_event_s` an event in write(): a sink slower than the loop that feeds it."""
+
+    def __init__(self, name: str = "slow", per_event_s: float = 5e-4) -> None:
+        super().__init__(name)
+        self.per_event_s = per_event_s
+
+    def write(self, events: Sequence[tuple]) -> None:
+        time.sleep(self.per_event_s * len(events))
         super().write(events)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import socket
 import sys
@@ -35,8 +36,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     agent = Agent(sock, args.wake_fd, parent_pid=args.parent_pid)
     _forward_logs(agent)
     anyio.run(agent.serve)
+    # Done: every run it served has ended. Exit now: a worker thread still blocked in the control
+    # channel's recv, or in a call abandoned at a deadline, must not keep the process alive.
+    sys.stdout.flush()
     sys.stderr.flush()
-    return 0
+    os._exit(0)
 
 
 def _forward_logs(agent: Agent) -> None:

@@ -142,5 +142,11 @@ class DeliveryStore:
         self._views = {}
 
     def forget_after_fork(self) -> None:
-        """In a forked child: the parent holds these locks; the child must not release them."""
-        self._locks, self._seq_fds = {}, {}
+        """In a forked child: the locks are the parent's. The child closes its copies of their
+        descriptors (a flock lasts while any copy is open) and never touches them again."""
+        for fd in (*self._locks.values(), *self._seq_fds.values()):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._locks, self._seq_fds, self._views = {}, {}, {}

@@ -37,6 +37,8 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import SinkBusyError
 from ..sinks.base import PermanentSinkError, RunContext, Sink
+from ..journal import JournalReader
+from ..journal.reader import DEFAULT_CHUNK_EVENTS
 from .cursors import DeliveryStore
 
 __all__ = ["Outcome", "SlotState", "RetryPolicy", "SinkSlot", "replay_command"]
@@ -135,6 +137,7 @@ class SinkSlot:
         self.checkpoint: Any = None
         self.retry_at = 0.0  #: time.monotonic() before which the failing call is not retried
         self.last_commit = time.monotonic()
+        self._committed_counts = (0, 0, 0)  # (delivered, rejected, lost) as of committed_seq
         self._failures = 0
         self._failing_since: float | None = None
         self._resumed = self._resume((store.load(self.name) if store is not None else None) or saved)
@@ -171,21 +174,23 @@ class SinkSlot:
 
     def _resume(self, saved: Mapping[str, Any] | None) -> bool:
         """Continue from a committed state (a new agent after a killed one, a replay)."""
-        if not saved or not int(saved.get("delivered_seq", 0)):
+        committed = int((saved or {}).get("committed_seq", 0))
+        if not committed:
             return False
         self.facts = dict(saved.get("facts") or {})
         if getattr(self.sink, "rebuild_on_resume", False):
             return True  # its files are rebuilt from the whole journal: deliver everything again
-        self.delivered_seq = self.committed_seq = int(saved["delivered_seq"])
+        self.delivered_seq = self.committed_seq = committed
         for counter in ("delivered", "rejected", "lost", "errors"):
             setattr(self, counter, int(saved.get(counter, 0)))
+        self._committed_counts = (self.delivered, self.rejected, self.lost)
         self.checkpoint = saved.get("checkpoint")
         return True
 
     def _resume_context(self) -> dict[str, Any]:
         if not self._resumed:
             return {}
-        return {**self.facts, "delivered_seq": self.delivered_seq, "checkpoint": self.checkpoint}
+        return {**self.facts, "committed_seq": self.committed_seq, "checkpoint": self.checkpoint}
 
     # -- the one place a sink is called -------------------------------------------------------
 
@@ -251,9 +256,7 @@ class SinkSlot:
         skip = self.delivered_seq + 1 - first_seq
         if skip > 0:
             events, first_seq = events[skip:], first_seq + skip
-        if first_seq > self.delivered_seq + 1:
-            raise ValueError(f"sink {self.name!r}: events from seq {first_seq} given, but its cursor is at "
-                             f"{self.delivered_seq} (skip_to() passes over unreadable seqs)")
+        self.skip_to(first_seq)  # seqs between the cursor and these were unreadable: lost
         if not events:
             return Outcome.DELIVERED
         last_seq = first_seq + len(events) - 1
@@ -311,6 +314,18 @@ class SinkSlot:
         if seq - 1 > self.delivered_seq:
             self._advance(seq - 1, handled=0)
 
+    def deliver_from(self, reader: JournalReader, upto: int, max_events: int = DEFAULT_CHUNK_EVENTS) -> Outcome:
+        """Read the next chunk after the cursor (at most `max_events`, none past `upto`) from the
+        journal and write it: how a sink behind what is in memory catches up, in every driver."""
+        self.journal_chunks += 1
+        first, events = reader.read(self.delivered_seq + 1, max_events, upto)
+        if not events:
+            # Journaled seqs the reader can't give back (a damaged line, or a torn last line of a
+            # killed writer): pass over them rather than wait for ever.
+            self.skip_to(first if first > self.delivered_seq + 1 else upto + 1)
+            return Outcome.DELIVERED
+        return self.write(first, events)
+
     def commit(self) -> Outcome:
         """Make everything delivered durable (`flush`), then save the cursor with the checkpoint."""
         seq = self.delivered_seq
@@ -323,6 +338,7 @@ class SinkSlot:
                 return outcome
             self.checkpoint = checkpoint
         self.committed_seq = max(self.committed_seq, seq)
+        self._committed_counts = (self.delivered, self.rejected, self.lost)
         self.last_commit = time.monotonic()
         self._save()
         return Outcome.DELIVERED
@@ -332,6 +348,7 @@ class SinkSlot:
         outcome, _ = self.call("close", status)
         if outcome is Outcome.DELIVERED:
             self.committed_seq = max(self.committed_seq, seq)
+            self._committed_counts = (self.delivered, self.rejected, self.lost)
             self.state = SlotState.CLOSED
             self.checkpoint = None
             self._save()
@@ -364,9 +381,10 @@ class SinkSlot:
     def _save(self) -> None:
         if self._store is None:
             return
+        delivered, rejected, lost = self._committed_counts  # the counts as of the committed cursor
         state = {
-            "delivered_seq": self.committed_seq, "delivered": self.delivered, "rejected": self.rejected,
-            "lost": self.lost, "errors": self.errors, "last_error": self.last_error, "state": self.state.value,
+            "committed_seq": self.committed_seq, "delivered": delivered, "rejected": rejected, "lost": lost,
+            "errors": self.errors, "last_error": self.last_error, "state": self.state.value,
             "checkpoint": self.checkpoint, "facts": self.facts, "placement": self.placement, "pid": os.getpid(),
             "updated": time.time(),
         }

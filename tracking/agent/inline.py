@@ -16,7 +16,6 @@ from typing import Sequence
 
 from ..events import sink_event
 from ..journal import JournalReader
-from ..journal.reader import DEFAULT_CHUNK_EVENTS
 from ..run_journal import RunJournal
 from ..sinks.base import RunContext, Sink
 from .cursors import DeliveryStore
@@ -99,12 +98,7 @@ class InlineDelivery:
         while slot.delivered_seq < upto:
             if slot.done or not slot.ready() or (deadline is not None and time.monotonic() >= deadline):
                 return False
-            slot.journal_chunks += 1
-            first, events = self.reader.read(slot.delivered_seq + 1, DEFAULT_CHUNK_EVENTS, upto)
-            if not events:
-                slot.skip_to(first if first > slot.delivered_seq + 1 else upto + 1)
-                continue
-            if slot.write(first, events) is not Outcome.DELIVERED:
+            if slot.deliver_from(self.reader, upto) is not Outcome.DELIVERED:
                 return False
         return not slot.done
 

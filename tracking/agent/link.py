@@ -18,6 +18,7 @@ import itertools
 import logging
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -44,6 +45,8 @@ THREAD = "thread"
 _MAX_RESTARTS = 5
 #: how long close() waits for an agent to take its Shutdown and exit
 _CLOSE_TIMEOUT_S = 5.0
+#: how long a message to the agent may wait for room in the channel before the agent is restarted
+_SEND_TIMEOUT_S = 10
 
 
 class LinkState(enum.Enum):
@@ -102,8 +105,10 @@ class AgentLink:
         self._ends: dict[str, Waiter] = {}
         self._runs: dict[str, RunContext] = {}  # open or ending: re-opened on a restarted agent
         self._progress: dict[str, dict[str, dict[str, Any]]] = {}
-        self._configured = threading.Event()
         self.state = LinkState.IDLE
+        # Guards the wake pipe's descriptor: the writer thread writes to it (never waiting for this
+        # lock), a restart closes and replaces it.
+        self._wake_lock = threading.Lock()
 
     # -- lifecycle (caller's thread) ---------------------------------------------------------------
 
@@ -132,25 +137,25 @@ class AgentLink:
         self._proc = None
         self._thread = None
         self._lock = threading.RLock()
-
-    @property
-    def alive(self) -> bool:
-        proc, thread = self._proc, self._thread
-        if proc is not None:
-            return proc.poll() is None
-        return thread is not None and thread.is_alive()
+        self._wake_lock = threading.Lock()
 
     # -- requests ----------------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Tell the agent that a journal grew (the writer thread: never blocks, never raises)."""
-        fd = self._wake_fd
-        if fd is None:
+        """Tell the agent that a journal grew (the writer thread: never blocks, never raises).
+
+        Skipped while a restart swaps the pipe (its lock is held then): the new agent reads the
+        journal on its own when it starts, and a byte must never reach a descriptor number the
+        restart closed and the system handed out again."""
+        if not self._wake_lock.acquire(blocking=False):
             return
         try:
-            os.write(fd, b"j")
+            if self._wake_fd is not None:
+                os.write(self._wake_fd, b"j")
         except OSError:  # full (wake-ups are pending already), or the agent is gone (it restarts)
             pass
+        finally:
+            self._wake_lock.release()
 
     def open_run(self, run: RunContext) -> None:
         with self._lock:
@@ -182,24 +187,26 @@ class AgentLink:
         """The latest report of every sink of the run, as the agent last sent it."""
         return self._progress.get(run_id, {})
 
-    def wait_configured(self, timeout_s: float) -> bool:
-        return self._configured.wait(timeout_s)
-
     # -- internals ---------------------------------------------------------------------------------
 
     def _send(self, message: Any) -> None:
-        """Send now (the lock is held); if the agent is gone, its replacement gets it on start."""
+        """Send now (the lock is held); if the agent is gone, its replacement gets it on start.
+
+        An agent that does not take a message within `_SEND_TIMEOUT_S` (stopped, wedged) is killed:
+        half a message would break the channel anyway, and a new agent resumes from the cursors.
+        """
         if self._sock is None:
             return
         try:
             send_msg(self._sock, message)
-        except OSError:
-            pass  # the reader thread sees the agent gone and restarts it, re-sending what is open
+        except OSError:  # the reader thread sees the agent gone and restarts it, re-sending what is open
+            if self._proc is not None and self._proc.poll() is None:
+                _logger.warning("tracking: the delivery agent (pid %s) does not answer; restarting it", self._proc.pid)
+                self._proc.kill()
 
     def _spawn(self) -> None:
         self.state = LinkState.RUNNING
         self._generation += 1
-        self._configured.clear()
         if self.kind == PROCESS:
             try:
                 self._start_process()
@@ -214,7 +221,7 @@ class AgentLink:
         reader.start()
         self._send(Configure(self._portable_specs(), self.options, os.getpid()))
         for run in self._runs.values():
-            self._send(OpenRun(run, resume=True))
+            self._send(OpenRun(run))
         for waiter in self._flushes.values():
             self._send(waiter.message)
         for waiter in self._ends.values():
@@ -251,7 +258,7 @@ class AgentLink:
             theirs.close()
             os.close(wake_read)
         self._proc, self._thread, self.pid = proc, None, proc.pid
-        self._sock, self._wake_fd = ours, wake_write
+        self._use(ours, wake_write)
 
     def _start_thread(self) -> None:
         ours, theirs = socket.socketpair()
@@ -274,17 +281,31 @@ class AgentLink:
         thread = threading.Thread(target=run, name="tracking-agent", daemon=True)
         thread.start()
         self._proc, self._thread, self.pid = None, thread, os.getpid()
-        self._sock, self._wake_fd = ours, wake_write
+        self._use(ours, wake_write)
+
+    def _use(self, sock: socket.socket, wake_fd: int) -> None:
+        # Sends only (the reader thread's recv stays blocking): see _send.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", _SEND_TIMEOUT_S, 0))
+        with self._wake_lock:
+            self._sock, self._wake_fd = sock, wake_fd
 
     def _read_loop(self, sock: socket.socket, generation: int) -> None:
         """The reader thread of one agent: answers to waiters; a restart when the agent dies."""
         while True:
             try:
                 message = recv_msg(sock)
-            except (EOFError, OSError):
+            except Exception:  # closed, or a broken message: either way this agent is done
                 break
-            self._receive(message)
-        self._agent_gone(sock, generation)
+            try:
+                self._receive(message)
+            except Exception:  # a bug must not leave the link without a reader
+                _logger.exception("tracking: could not handle the delivery agent's %.100r", message)
+        try:
+            self._agent_gone(sock, generation)
+        except Exception:
+            _logger.exception("tracking: could not restart the delivery agent; undelivered events stay in the "
+                              "journal for replay")
+            self.state = LinkState.CLOSED
 
     def _receive(self, message: Any) -> None:
         if isinstance(message, Progress):
@@ -309,7 +330,6 @@ class AgentLink:
             for name, error in message.errors.items():
                 _logger.error("tracking: the delivery agent could not build sink %r (%s); its events stay in "
                               "the journal", name, error)
-            self._configured.set()
 
     def _reap(self) -> int | None:
         """The exit code of the agent process that just closed its channel (None: still running)."""
@@ -327,14 +347,20 @@ class AgentLink:
             if generation != self._generation:
                 return
             code = self._reap()
-            if self._sock is sock:
-                self._sock = None
-            if self._wake_fd is not None:
-                os.close(self._wake_fd)
-                self._wake_fd = None
+            with self._wake_lock:
+                if self._sock is sock:
+                    self._sock = None
+                if self._wake_fd is not None:
+                    os.close(self._wake_fd)
+                    self._wake_fd = None
             if self.state is not LinkState.RUNNING:
                 return  # closed (the agent exits after its Shutdown), or forgotten in a forked child
             self.restarts += 1
+            if self.restarts > 2 * _MAX_RESTARTS:
+                _logger.error("tracking: the delivery agent keeps dying; no more restarts. Undelivered events "
+                              "stay in the journal: replay them with python -m tracking replay")
+                self.state = LinkState.CLOSED
+                return
             if self.kind == PROCESS and self.restarts > _MAX_RESTARTS:
                 _logger.warning("tracking: the delivery agent died %d times; delivering from a thread of this "
                                 "process from now on", self.restarts - 1)

@@ -54,10 +54,10 @@ class Configure:
 
 @dataclass(frozen=True)
 class OpenRun:
-    """Start delivering a run. `resume`: a restarted agent takes over; cursors come from disk."""
+    """Start delivering a run (again, for a restarted agent: each sink resumes from its committed
+    cursor on disk)."""
 
     run: RunContext
-    resume: bool = False
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ class ReplayResult:
     sent: int  #: events delivered (or refused by the sink for good) by this replay
     rejected: int
     last_seq: int
+    lost: int = 0  #: journaled events this replay passed over because their line is unreadable
 
 
 def replay(run_dir: str | os.PathLike, sink_name: str, tracking_uri: str | None = None,
@@ -81,25 +82,21 @@ def _deliver(run_dir: Path, meta: dict[str, Any], reader: JournalReader, last: i
              store: DeliveryStore, timeout_s: float, chunk_events: int) -> ReplayResult:
     legacy = (meta.get("sinks") or {}).get(sink.name)  # runs recorded before delivery/ existed
     if legacy:
-        legacy = {**legacy, "delivered_seq": legacy.get("committed_seq", legacy.get("delivered_seq", 0))}
+        legacy = {**legacy, "committed_seq": legacy.get("committed_seq", legacy.get("delivered_seq", 0))}
     run = RunContext(
         run_id=meta["run_id"], run_name=meta.get("run_name", "run"), run_dir=run_dir,
         experiment=meta.get("experiment", "Default"), config=reader.header.get("config", {}),
         start_time=meta.get("start_time", 0.0), mode="replay",
     )
+    saved = store.load(sink.name) or legacy or {}
+    if int(saved.get("committed_seq", 0)) >= last and saved.get("state") == "closed":
+        return ReplayResult(sink.name, 0, 0, last)  # it has everything, and was closed with the run
     slot = SinkSlot(sink, run, retry=_RETRY, store=store, placement="replay", saved=legacy)
-    start_seq, start_rejected = slot.delivered_seq, slot.rejected
-    if slot.delivered_seq >= last:
-        return ReplayResult(sink.name, 0, 0, last)
+    start = (slot.delivered, slot.rejected, slot.lost)
     deadline = time.monotonic() + timeout_s
     _until_delivered(slot, slot.open, deadline)
     while slot.delivered_seq < last:
-        slot.journal_chunks += 1
-        first, events = reader.read(slot.delivered_seq + 1, chunk_events, last)
-        if not events:
-            slot.skip_to(first if first > slot.delivered_seq + 1 else last + 1)
-            continue
-        _until_delivered(slot, lambda: slot.write(first, events), deadline)
+        _until_delivered(slot, lambda: slot.deliver_from(reader, last, chunk_events), deadline)
         _until_delivered(slot, slot.commit, deadline)
     status = reader.end_status or _status_of(meta)
     _until_delivered(slot, lambda: slot.close(status), deadline)
@@ -107,7 +104,8 @@ def _deliver(run_dir: Path, meta: dict[str, Any], reader: JournalReader, last: i
     sinks[sink.name] = {**slot.report(last), "replayed": True}
     meta.update({k: v for k, v in slot.facts.items()})
     write_meta(run_dir, meta)
-    return ReplayResult(sink.name, slot.delivered_seq - start_seq, slot.rejected - start_rejected, last)
+    delivered, rejected, lost = (slot.delivered - start[0], slot.rejected - start[1], slot.lost - start[2])
+    return ReplayResult(sink.name, delivered + rejected, rejected, last, lost)
 
 
 def _until_delivered(slot: SinkSlot, call: Any, deadline: float) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import pickle
 import threading
 import time
 from collections import deque
@@ -31,16 +32,16 @@ import anyio.lowlevel
 
 from ..channel import recv_msg, send_msg
 from ..journal import JournalReader
-from ..journal.reader import DEFAULT_CHUNK_EVENTS
 from ..rundir import finish_meta
 from ..sinks.base import RunContext, Sink
 from .cursors import DeliveryStore
 from .engine import Outcome, SinkSlot, SlotState
+from .specs import SinkSpec
 from .protocol import (
     AgentOptions, Configure, Configured, Ended, EndRun, Flush, Flushed, LogRecord, OpenRun, Progress, Shutdown,
 )
 
-__all__ = ["Agent", "AgentState", "RunService", "FreshEvents"]
+__all__ = ["Agent", "AgentState", "RunService", "FreshEvents", "SinkPool"]
 
 _logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class FreshEvents:
 class RunService:
     """One run's delivery in the agent: a slot per sink, fed from fresh events or the journal."""
 
-    def __init__(self, agent: Agent, run: RunContext, resume: bool) -> None:
+    def __init__(self, agent: Agent, run: RunContext) -> None:
         self.agent = agent
         self.run = run
         self.options = agent.options
@@ -100,9 +101,9 @@ class RunService:
         self.write_meta = False  #: this agent writes the run's final meta.json
         self.flushes: list[tuple[int, int]] = []  # (token, seq) not answered yet, tokens ascending
         self._flushed: dict[str, int] = {}  # sink -> the latest flush token it has committed for
-        self.resumed = resume
-        self.slots = [SinkSlot.claim(sink, run, self.store, retry=self.options.retry, lock=lock, placement=placement)
-                      for sink, lock, placement in agent.sinks]
+        self.slots: list[SinkSlot] = []  # built by serve(), once the run has its sink instances
+        self._taken: list[tuple[str, Sink, threading.Lock]] = []
+        self._sinks_taken = False
         self._changed = anyio.Event()
         self._scope = anyio.CancelScope()
         self._last_progress = 0.0
@@ -156,12 +157,27 @@ class RunService:
     # -- serving -----------------------------------------------------------------------------------
 
     async def serve(self) -> None:
-        self.journal_grew()
-        with self._scope:
-            async with anyio.create_task_group() as tg:
-                for slot in self.slots:
-                    tg.start_soon(self._serve_slot, slot)
-        self._finish(timed_out=self._scope.cancelled_caught)
+        try:
+            with self._scope:
+                await self._take_sinks()
+                self.journal_grew()
+                self._answer_flushes()
+                async with anyio.create_task_group() as tg:
+                    for slot in self.slots:
+                        tg.start_soon(self._serve_slot, slot)
+            self._finish(timed_out=self._scope.cancelled_caught)
+        finally:
+            for name, sink, lock in self._taken:
+                self.agent.pool.give_back(name, sink, lock)
+
+    async def _take_sinks(self) -> None:
+        """This run's sink instances (a sink given as an instance waits for the previous run to be done)."""
+        for name in self.agent.pool.names:
+            sink, lock = await self.agent.pool.take(name)
+            self._taken.append((name, sink, lock))
+            self.slots.append(SinkSlot.claim(sink, self.run, self.store, retry=self.options.retry, lock=lock,
+                                             placement=self.agent.placement))
+        self._sinks_taken = True
 
     async def _serve_slot(self, slot: SinkSlot) -> None:
         try:
@@ -188,16 +204,16 @@ class RunService:
         if slot.state is SlotState.NEW:
             await self._call(slot, slot.open, in_thread=True)
             return True
-        if slot.delivered_seq < self.known_seq:
-            await self._deliver(slot)
-            return True
-        if self._commit_due(slot, now):
+        if self._commit_due(slot, now):  # before delivering more: a sink that never catches up commits too
             asked = self._flush_asked(slot)
             if await self._call(slot, slot.commit) is Outcome.DELIVERED:
                 if asked:
                     self._flushed[slot.name] = max(self._flushed.get(slot.name, 0), asked)
                 self._answer_flushes()
                 self._send_progress()
+            return True
+        if slot.delivered_seq < self.known_seq:
+            await self._deliver(slot)
             return True
         if self.ending is not None and slot.delivered_seq >= self.ending.final_seq:
             await self._call(slot, slot.close, self.ending.status, in_thread=True)
@@ -207,17 +223,10 @@ class RunService:
     async def _deliver(self, slot: SinkSlot) -> None:
         seq = slot.delivered_seq + 1
         events = self.fresh.take(seq)
-        first = seq
-        if events is None:
-            slot.journal_chunks += 1
-            first, events = await anyio.to_thread.run_sync(
-                self.reader.read, seq, DEFAULT_CHUNK_EVENTS, self.known_seq, abandon_on_cancel=True)
-        if not events:
-            # Journaled seqs the reader can't give back: a damaged line, or a torn last line of a
-            # killed writer. Pass over them rather than wait for ever.
-            slot.skip_to(first if first > seq else self.known_seq + 1)
-            return
-        await self._call(slot, slot.write, first, events)
+        if events is not None:
+            await self._call(slot, slot.write, seq, events)
+        else:  # behind what is in memory: a chunk of the journal, read (and written) in a worker thread
+            await self._call(slot, slot.deliver_from, self.reader, self.known_seq, in_thread=True)
         self.store.publish(slot.name, slot.delivered_seq)
 
     def _commit_due(self, slot: SinkSlot, now: float) -> bool:
@@ -257,8 +266,8 @@ class RunService:
     # -- answers -----------------------------------------------------------------------------------
 
     def _answer_flushes(self) -> None:
-        if not self.flushes:
-            return
+        if not self.flushes or not self._sinks_taken:
+            return  # nothing asked, or the sinks are not taken yet (nobody is past anything)
         waiting = [s for s in self.slots if s.healthy and not s.done]
         for token, seq in list(self.flushes):
             if all(self._flushed.get(s.name, 0) >= token for s in waiting):
@@ -295,6 +304,51 @@ class RunService:
                               "replay them from the journal", self.run.run_id, behind)
 
 
+class SinkPool:
+    """The agent's sinks: an instance per run where a spec can build one (a sink finishing a run in
+    the background must not be opened for the next), the one instance where it can't (a sink given
+    as an instance, on a thread of the training process): the next run waits for it to be free."""
+
+    def __init__(self, objects: dict[str, Sink]) -> None:
+        self.names: list[str] = []
+        self._specs: dict[str, SinkSpec] = {}
+        self._objects = objects
+        self._idle: dict[str, list[tuple[Sink, threading.Lock]]] = {}
+        self._freed: dict[str, anyio.Event] = {}
+
+    def configure(self, specs: tuple[SinkSpec, ...]) -> dict[str, str]:
+        """Build each sink once (the first run's instance); returns the ones that failed, with why."""
+        errors: dict[str, str] = {}
+        for spec in specs:
+            try:
+                sink = self._objects[spec.name] if spec.how == "object" else spec.build()
+            except Exception as exc:  # reported to the tracker, which says so at once
+                errors[spec.name] = f"{type(exc).__name__}: {exc}"
+                continue
+            self.names.append(spec.name)
+            self._specs[spec.name] = spec
+            # Each instance has its own lock, for all its runs: a call abandoned at an end-of-run
+            # deadline keeps running in its thread, and the next run's first call waits for it.
+            self._idle[spec.name] = [(sink, threading.Lock())]
+        return errors
+
+    async def take(self, name: str) -> tuple[Sink, threading.Lock]:
+        while not self._idle[name]:
+            spec = self._specs[name]
+            if spec.how != "object":
+                sink = await anyio.to_thread.run_sync(spec.build)
+                return sink, threading.Lock()
+            freed = self._freed.setdefault(name, anyio.Event())
+            await freed.wait()  # the one instance is still ending the previous run
+        return self._idle[name].pop()
+
+    def give_back(self, name: str, sink: Sink, lock: threading.Lock) -> None:
+        self._idle[name].append((sink, lock))
+        freed = self._freed.pop(name, None)
+        if freed is not None:
+            freed.set()
+
+
 class AgentState(enum.Enum):
     """Where an agent is in its life."""
 
@@ -313,10 +367,9 @@ class Agent:
         self.parent_pid = parent_pid
         self.placement = placement
         self.options = AgentOptions()
-        self.sinks: list[tuple[Sink, threading.Lock, str]] = []
+        self.pool = SinkPool(objects or {})
         self.runs: dict[str, RunService] = {}
         self.state = AgentState.SERVING
-        self._objects = objects or {}
         # Guards the channel's sending side: the loop answers, and log records come from any thread.
         self._send_lock = threading.Lock()
         self._channel_open = True
@@ -354,10 +407,13 @@ class Agent:
         while True:
             try:
                 message = await anyio.to_thread.run_sync(recv_msg, self.sock, abandon_on_cancel=True)
-            except (EOFError, OSError):
-                self._orphan()
+            except (EOFError, OSError, pickle.UnpicklingError):
+                self._orphan()  # the training process is gone (or its channel is): finish alone
                 return
-            self._dispatch(message)
+            try:
+                self._dispatch(message)
+            except Exception:  # a bug must not take the agent, and every run it serves, down
+                _logger.exception("tracking agent: could not handle %.100r", message)
 
     def _dispatch(self, message: Any) -> None:
         if isinstance(message, Configure):
@@ -385,18 +441,10 @@ class Agent:
 
     def _configure(self, message: Configure) -> None:
         self.options = message.options
-        errors: dict[str, str] = {}
-        for spec in message.sinks:
-            try:
-                sink = self._objects[spec.name] if spec.how == "object" else spec.build()
-            except Exception as exc:  # reported to the tracker, which says so at once
-                errors[spec.name] = f"{type(exc).__name__}: {exc}"
-                continue
-            self.sinks.append((sink, threading.Lock(), self.placement))
-        self.send(Configured(os.getpid(), errors))
+        self.send(Configured(os.getpid(), self.pool.configure(message.sinks)))
 
     def _open_run(self, message: OpenRun) -> None:
-        service = RunService(self, message.run, message.resume)
+        service = RunService(self, message.run)
         self.runs[message.run.run_id] = service
         self._tg.start_soon(self._serve_run, service)
 
@@ -421,7 +469,10 @@ class Agent:
             except OSError:
                 return
             for run in list(self.runs.values()):
-                run.journal_grew()
+                try:
+                    run.journal_grew()
+                except OSError as exc:  # the journal unreadable for now: the next round tries again
+                    _logger.warning("tracking agent: cannot read the journal of run %s: %s", run.run.run_id, exc)
             await anyio.sleep(self.options.delivery_interval_s)
 
     async def _watch_parent(self) -> None:

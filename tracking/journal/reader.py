@@ -90,9 +90,6 @@ class JournalReader:
             self._scan_unlocked()
             return self._last_seq
 
-    def last_seq(self) -> int:
-        return self.refresh()
-
     def header_only(self) -> dict[str, Any]:
         """The run header (the first line), without indexing the rest of the file."""
         if not self.header:

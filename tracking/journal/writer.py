@@ -43,6 +43,7 @@ class JournalWriter:
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self.size = 0
         self.last_seq = 0
+        self.left_out = 0  #: events no batch line could hold (each logged)
         self._last_sync = time.monotonic()
         self._write_line(orjson.dumps(["run", header], default=json_default))
         self.sync()
@@ -56,6 +57,7 @@ class JournalWriter:
         """
         first = self.last_seq + 1
         line, written = self._encode(first, events, has_paths)
+        self.left_out += len(events) - len(written)
         if not written:
             return first, written
         self._write_line(line)
