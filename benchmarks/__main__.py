@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 BENCHMARKS = ["caller_cost", "training_loop", "tiny_loop", "sink_throughput", "slow_sink", "stalled_sink",
-              "durability", "scaling", "delivery_cpu"]
+              "durability", "scaling", "delivery_cpu", "lightning_fit"]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

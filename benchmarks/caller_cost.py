@@ -2,10 +2,10 @@
 floor (a bare `deque.append` of a tuple), median and p99, measured in one run.
 
 Runs on the benchmark's main thread. The caller's cost is what the log call itself costs: the
-async worker drains between samples (untimed), not during them; what the worker spends per event
-is measured on its own (process CPU time while the caller waits in `flush()`), because it shares
-the GIL with the training thread and so is the loop's cost too. The training-loop benchmark shows
-both together. The median comes from timing whole loops of calls (no timer in the loop); the p99
+async writer thread drains between samples (untimed), not during them; what the writer spends per
+event is measured on its own (this process's CPU time while the caller waits in `flush()`; the
+delivery agent is another process, measured in `delivery_cpu`), because it shares the GIL with the
+training thread and so is the loop's cost too. The training-loop benchmark shows both together. The median comes from timing whole loops of calls (no timer in the loop); the p99
 from timing each call with `perf_counter_ns` (the same timer overhead is in every row, the floor's
 included).
 
@@ -168,7 +168,7 @@ def run(quick: bool = False, sinks: tuple[str, ...] = ("json", "tensorboard")) -
     calls = 2_000 if quick else 20_000
     repeats = 5 if quick else 15
     base = tempfile.mkdtemp(prefix="bench-caller-")
-    # The worker wakes at its interval or when batch_max_events are queued: both beyond a sample.
+    # The writer wakes at its interval or when batch_max_events are queued: both beyond a sample.
     trackers = {mode: Tracker(list(sinks), mode=mode, base_dir=base, batch_interval_s=60.0,
                               batch_max_events=calls * 2, memory_budget_bytes=2**30)
                 for mode in ("async", "sync")}
@@ -178,7 +178,7 @@ def run(quick: bool = False, sinks: tuple[str, ...] = ("json", "tensorboard")) -
     loops = {"floor": (floor_one, floor_ten)}
     loops.update({mode: _tracker_loops(t) for mode, t in trackers.items()})
 
-    worker_cpu: dict[str, list[float]] = {"log_metric": [], "log_metrics10": []}
+    writer_cpu: dict[str, list[float]] = {"log_metric": [], "log_metrics10": []}
 
     def case(loop: Callable[[int], None], n: int, drain: Tracker | None = None, kind: str = "",
              settle: Callable[[], None] | None = None) -> Callable[[], float]:
@@ -187,8 +187,8 @@ def run(quick: bool = False, sinks: tuple[str, ...] = ("json", "tensorboard")) -
             cost = per_call_ns(loop, n)
             if drain is not None:
                 cpu = time.process_time()
-                drain.flush(timeout_s=120)  # the caller waits: the CPU spent now is the worker's
-                worker_cpu[kind].append((time.process_time() - cpu) / n * 1e6)
+                drain.flush(timeout_s=120)  # the caller waits: the CPU this process spends now is the writer's
+                writer_cpu[kind].append((time.process_time() - cpu) / n * 1e6)
             if settle is not None:
                 settle()
             return cost
@@ -217,9 +217,9 @@ def run(quick: bool = False, sinks: tuple[str, ...] = ("json", "tensorboard")) -
         result["rows"][f"{name}.log_metric"]["p99_us"] = _p99_ns(lambda i, one=one: one(1), n) / 1000
         result["rows"][f"{name}.log_metrics10"]["p99_us"] = _p99_ns(lambda i, ten=ten: ten(1), n) / 1000
         floor_clear()
-    result["worker_cpu_us_per_event"] = {kind: median(v) for kind, v in worker_cpu.items()}
-    result["worker_cpu_us_per_scalar"] = {
-        "log_metric": median(worker_cpu["log_metric"]), "log_metrics10": median(worker_cpu["log_metrics10"]) / 10}
+    result["writer_cpu_us_per_event"] = {kind: median(v) for kind, v in writer_cpu.items()}
+    result["writer_cpu_us_per_scalar"] = {
+        "log_metric": median(writer_cpu["log_metric"]), "log_metrics10": median(writer_cpu["log_metrics10"]) / 10}
     floor = result["rows"]["floor.log_metric"]["median_us"]
     for name, row in result["rows"].items():
         row["x_floor"] = row["median_us"] / floor
@@ -237,8 +237,8 @@ def run(quick: bool = False, sinks: tuple[str, ...] = ("json", "tensorboard")) -
         "async log_metric p99 <= 20 us": rows["async.log_metric"]["p99_us"] <= 20,
         "async log_metrics(10 keys) median <= 3 us": rows["async.log_metrics10"]["median_us"] <= 3,
         "async log_metric >= 30x cheaper than the cheapest peer": result["cheapest_peer_x_async"] >= 30,
-        "worker CPU <= 2 us per scalar (json + tensorboard, 10-key events)":
-            result["worker_cpu_us_per_scalar"]["log_metrics10"] <= 2,
+        "writer CPU <= 2 us per scalar (json + tensorboard, 10-key events)":
+            result["writer_cpu_us_per_scalar"]["log_metrics10"] <= 2,
     }
     return result
 
@@ -251,8 +251,8 @@ def render(result: dict[str, Any]) -> str:
             lines.append(f"  {name:<40}{row['note']}")
             continue
         lines.append(f"  {name:<40}{row['median_us']:>11.3f}{row['p99_us']:>10.2f}{row['x_floor']:>11.2f}")
-    cpu = result["worker_cpu_us_per_scalar"]
-    lines.append(f"  worker CPU per scalar (GIL time the loop also pays): {cpu['log_metric']:.2f} µs in 1-key events, "
+    cpu = result["writer_cpu_us_per_scalar"]
+    lines.append(f"  writer thread CPU per scalar (GIL time the loop also pays): {cpu['log_metric']:.2f} µs in 1-key events, "
                  f"{cpu['log_metrics10']:.2f} µs in 10-key events")
     for target, ok in result["targets"].items():
         lines.append(f"  target {target}: {'met' if ok else 'MISSED'}")

@@ -1,8 +1,8 @@
 """Time until 100,000 metrics are durable: from the first log call until every value is on disk and
 readable, ours next to what users would call instead, in one run.
 
-Runs on the benchmark's main thread (our worker, the peers' own threads and our MLflow sink's helper
-process beside it).
+Runs on the benchmark's main thread (our writer thread, our delivery agent and its MLflow helper
+process, and the peers' own threads beside it).
 
 Every case logs 10 keys a step. Its clock starts at the first log call with its store ready (ours:
 after a first metric went through, so that our MLflow sink's helper process and MLflow run exist,

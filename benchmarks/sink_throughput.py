@@ -1,6 +1,6 @@
 """End-to-end throughput of the sinks next to the tools users would call directly, in one run.
 
-Runs on the benchmark's main thread (our worker and MLflow's own threads beside it).
+Runs on the benchmark's main thread (our delivery agent, or MLflow's own threads, beside it).
 
 - MLflow: metrics/s from the first timed log call until everything is stored (`end_run` returned),
   for our MLflow sink, for `MlflowClient.log_batch` with 1,000-metric batches (the store's

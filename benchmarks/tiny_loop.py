@@ -16,10 +16,10 @@ before timing and live for the whole benchmark; a case's helpers are idle when i
   metrics a call. Threads: main + 1 drain thread; processes: + the ingest process (a reader thread
   and the ingest loop).
 - ``ours async json+tb``: ``Tracker(["json", "tensorboard"], mode="async")``. Threads: main + the
-  tracker's worker and sink threads (listed in the result's ``threads``); processes: whatever the
-  tracker starts (a delivery agent, if ``stats()`` reports an ``agent_pid``).
+  tracker's writer thread and its agent link's reader (listed in the result's ``threads``);
+  processes: the delivery agent (``stats().agent_pid``), which runs the sinks.
 - ``ours async json+tb+mlflow``: with ``MLflowSink(tracking_uri=sqlite)`` added; processes: + the
-  sink's MLflow helper process.
+  MLflow sink's helper process, which the agent starts.
 
 How a case is measured (the method of `training_loop`):
 
@@ -316,7 +316,7 @@ class _Ours:
     def caught_up(self) -> bool:
         stats = self.tracker.stats()
         if getattr(stats, "queue_depth", 0) or getattr(stats, "enqueued", self._expected) < self._expected:
-            return False  # events still queued, or taken by the worker but not yet journaled
+            return False  # events still queued, or taken by the writer but not yet journaled
         undelivered = getattr(stats, "undelivered", None) or {}
         return not any(undelivered.get(name, 0) for name in self.local)
 
@@ -454,8 +454,8 @@ def render(result: dict[str, Any]) -> str:
         "medians of the paired ratios; preliminary (shared, noisy machine)"),
         ("  where it runs: the loop on this process's main thread; floor json+tb: + 1 drain thread (every 50 ms, "
         "one orjson.dumps + os.write); floor +mlflow: its drain thread also pickles to an ingest process "
-        "(nice 10, MlflowClient.log_batch into sqlite); ours: the tracker's worker and sink threads "
-        "(+ the MLflow sink's helper process)"),
+        "(nice 10, MlflowClient.log_batch into sqlite); ours: the tracker's writer thread and agent link "
+        "reader, + the delivery agent process (+ the MLflow helper process it starts)"),
         ("  machine note: background work runs beside the loop only while a second core is free; a busy second "
         "core slows the loop"),
         (f"  {'case':<27}{'ms/step':>8}{'x none':>8}{'+us/step':>9}{'x floor':>8}{'cpu us/sc':>10}"

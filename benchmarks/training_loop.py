@@ -8,12 +8,13 @@ Runs on the benchmark's main thread. How a case is measured, and why:
   chunk runs right after a no-logging chunk, and the figure is the median over rounds of the ratio
   within each pair. The cases' order rotates from round to round.
 - Everything a chunk logged is paid inside that chunk. After its logging steps, a chunk of ours
-  async keeps running *plain* steps (no logging) until the worker has delivered all it logged to
-  every sink, and all those steps count: the worker's work that runs beside training is charged to
-  the chunk, and none of it leaks into the next case. The by-hand peers run the same number of plain
+  async keeps running *plain* steps (no logging) until the delivery agent has delivered all it
+  logged to every sink, and all those steps count: the writer's and the agent's work that runs
+  beside training is charged to the chunk, and none of it leaks into the next case. The by-hand peers run the same number of plain
   steps, then flush untimed (their writers' own threads have no "delivered" signal to wait for).
-- CPU. Beside wall time each chunk records the process's CPU time (all threads; the MLflow helper
-  process excluded), so `cpu× none` shows what logging costs in CPU even when a second core hides it.
+- CPU. Beside wall time each chunk records the training process's CPU time (all its threads; the
+  delivery agent and the MLflow helper are other processes, excluded), so `cpu× none` shows what
+  logging costs the training process in CPU even when a second core hides it.
 
 The loop hands the tracker 0-d tensors, as the Trainer does; the no-logging loop computes the same
 tensors and drops them. The by-hand loop calls `.item()` itself, as users do. The backlog's drain
@@ -39,7 +40,7 @@ CONFIGS: dict[str, list[str]] = {
     "json+tb": ["json", "tensorboard"],
     "json+tb+mlflow": ["json", "tensorboard", "mlflow"],
 }
-#: plain steps a chunk may run after its logging steps while the worker catches up (a safety cap)
+#: plain steps a chunk may run after its logging steps while the agent catches up (a safety cap)
 _MAX_TRAILING_STEPS = 2000
 #: cases at ~10 ms a step: a tenth of the steps a chunk, the same median
 _SLOW = ("sync json+tb+mlflow", "by hand json+tb+mlflow")
@@ -178,7 +179,7 @@ def _cases(base: Path) -> dict[str, Any]:
 def run(quick: bool = False) -> dict[str, Any]:
     """Rounds of (plain chunk, case chunk) pairs; every tracker lives for the whole benchmark, as a
     run does for a whole training job."""
-    torch.set_num_threads(1)  # the loop on one core, the other free for the worker (see README)
+    torch.set_num_threads(1)  # the loop on one core, the other free for the delivery agent (see README)
     chunk = 100 if quick else 400
     rounds = 3 if quick else 25
     base = Path(tempfile.mkdtemp(prefix="bench-loop-"))
@@ -187,7 +188,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     for _ in range(200):
         step()  # warm-up
     # The same number of plain steps after every async case's logging steps: at least one batch
-    # interval's worth, so the worker wakes inside the chunk; ours may run more until caught up.
+    # interval's worth, so the writer wakes inside the chunk; ours may run more until caught up.
     plain_after = 0 if quick else 60
     names = list(cases)
     ratios: dict[str, list[float]] = {name: [] for name in names}

@@ -32,10 +32,13 @@ def test_seqs_follow_the_batches_and_a_reader_gets_any_range_back(tmp_path):
     writer.close("FINISHED")
     reader = JournalReader(tmp_path)
     assert reader.refresh() == 2513 and reader.end_status == "FINISHED" and reader.header == {"run_id": "r"}
-    for start, chunk in [(1, 10), (4, 1), (5, 600), (503, 3), (2500, 100), (2513, 5)]:
+    line_ends = {3, 4, 504, 511, 512, 513, 2513}  # the last seq of each batch line
+    # (start, chunk, the seqs returned: whole lines from start, until chunk is reached)
+    for start, chunk, last in [(1, 10, 504), (4, 1, 4), (5, 600, 2513), (503, 3, 511), (2500, 100, 2513),
+                               (2513, 5, 2513)]:
         first, events = reader.read(start, chunk)
-        assert first == start
-        assert [e.step for e in events] == list(range(start - 1, min(start - 1 + chunk, 2513)))
+        assert first == start and last in line_ends
+        assert [e.step for e in events] == list(range(start - 1, last))
         assert all(type(e) is Metrics for e in events)
     assert reader.read(2514) == (2514, [])
 

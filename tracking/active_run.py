@@ -59,7 +59,10 @@ class AsyncRun:
     """Async mode: the writer thread journals, the agents deliver."""
 
     def __init__(self, run: RunContext, run_journal: RunJournal, links: Sequence[AgentLink],
-                 sink_names: Sequence[str], settings: RunSettings) -> None:
+                 sink_names: Sequence[str], settings: RunSettings,
+                 owner_close: Callable[[], Any] | None = None) -> None:
+        """`owner_close`: the tracker's close(), which a stop() on the writer thread calls (the
+        thread keeps its tracker alive while the run is open, so the exit hook ends the run)."""
         from .writer import WriterThread
 
         self.run, self.journal, self.links = run, run_journal, list(links)
@@ -67,6 +70,8 @@ class AsyncRun:
         self._store = DeliveryStore(run.run_dir)  # read only: the agents write it
         self.writer = WriterThread(run_journal, [link.wake for link in self.links], settings.memory_budget_bytes,
                                    settings.full_queue_policy, settings.batch_interval_s, settings.batch_max_events)
+        if owner_close is not None:
+            self.writer.thread.stop_with(owner_close)
         for link in self.links:
             link.start()
             link.open_run(run)

@@ -247,7 +247,7 @@ class Tracker:
                 self._active = SyncRun(run, journal, list(zip(self.sinks, self._sink_locks)), self.settings)
             else:
                 self._active = AsyncRun(run, journal, self._agent_links(), [s.name for s in self.sinks],
-                                        self.settings)
+                                        self.settings, owner_close=self.close)
         except BaseException:  # no run after all: leave its directory ended, not RUNNING for ever
             journal.close("FAILED")
             finish_meta(run_dir, "FAILED", 0, {})
@@ -269,6 +269,8 @@ class Tracker:
             if local:
                 objects = {spec.name: spec.target for spec in local}
                 links.append(AgentLink(local, self._agent_options, THREAD, objects=objects))
+            for link in links:
+                link.stop_with(self.close)  # a thread-leak check's stop() on a link's thread
             self._links = links
             lifecycle.track_links(self)
             # A tracker dropped without close() lets its agents go too (they hold no reference to it);

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 
 from .queue import EventQueue, event_bytes
 from .run_journal import RunJournal
+from .threads import TrackerThread
 
 __all__ = ["WriterThread", "FlushMarker", "StopMarker"]
 
@@ -27,6 +28,8 @@ _logger = logging.getLogger(__name__)
 #: re-measure what a queued event weighs every this many batches
 _MEASURE_EVERY_BATCHES = 16
 _MEASURE_SAMPLE = 32
+#: how long request_stop() waits for the thread to return once its stop marker is done
+_EXIT_JOIN_S = 1.0
 
 
 class FlushMarker:
@@ -73,15 +76,15 @@ class WriterThread:
         self._batch_max_events = batch_max_events
         self._batches = 0
         self._markers_seen = 0  # control markers taken from the queue so far
-        self._thread = threading.Thread(target=self._run, name="tracking-writer", daemon=True)
+        self.thread = TrackerThread(self._run, "tracking-writer")
 
     # -- caller's thread -------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread.start()
+        self.thread.start()
 
     def is_alive(self) -> bool:
-        return self._thread.is_alive()
+        return self.thread.is_alive()
 
     def request_flush(self, timeout_s: float | None) -> FlushMarker | None:
         """Journal everything put so far; returns the marker, or None if `timeout_s` passed first."""
@@ -93,7 +96,10 @@ class WriterThread:
         """Journal everything put so far and end the journal; None if the thread did not finish."""
         marker = StopMarker(status)
         self.queue.put_control(marker)
-        return marker if self._wait(marker.done, timeout_s) else None
+        if not self._wait(marker.done, timeout_s):
+            return None
+        self.thread.join(_EXIT_JOIN_S)  # it returns right after the marker: leave no thread behind
+        return marker
 
     def _wait(self, done: threading.Event, timeout_s: float | None) -> bool:
         """Wait for `done`, but not for a thread that has died (its markers would never complete)."""

@@ -9,6 +9,7 @@ training process lives, and to stderr after.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -32,6 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A Ctrl-C sent to this session by hand must not cut a delivery short either; SIGTERM (sent to
     # this pid on purpose) keeps its default: the next agent resumes from the committed cursors.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The agent allocates millions of short-lived containers (decoded events) and keeps few: at
+    # the default gen-0 threshold (700) the collector ran every ~70 events and took about half of
+    # the journal's decoding time (3.6 vs 6.1 µs an event measured on a 300,000-event journal).
+    gc.set_threshold(50_000, 20, 100)
     sock = socket.socket(fileno=args.fd)
     agent = Agent(sock, args.wake_fd, parent_pid=args.parent_pid)
     _forward_logs(agent)

@@ -23,12 +23,14 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from typing import Any, Sequence
 
 import anyio
 
 from ..channel import recv_msg, send_msg
 from ..sinks.base import RunContext, Sink
+from ..threads import TrackerThread
 from .protocol import (
     AgentOptions, Configure, Configured, Ended, EndRun, Flush, Flushed, LogRecord, OpenRun, Progress, Shutdown,
 )
@@ -99,6 +101,8 @@ class AgentLink:
         self._wake_fd: int | None = None
         self._proc: subprocess.Popen | None = None
         self._thread: threading.Thread | None = None
+        self._reader: threading.Thread | None = None
+        self._owner_close: weakref.WeakMethod | None = None
         self._generation = 0
         self._tokens = itertools.count(1)
         self._flushes: dict[int, Waiter] = {}
@@ -119,15 +123,34 @@ class AgentLink:
                 self._spawn()
 
     def close(self, timeout_s: float = _CLOSE_TIMEOUT_S) -> None:
-        """Let the agent finish the runs it is ending, then exit; waits for a thread agent only."""
+        """Let the agent finish the runs it is ending alone, then exit; leaves no thread of the
+        link running (the reader thread ends at once; a thread agent is waited for `timeout_s`)."""
         with self._lock:
             if self.state is LinkState.CLOSED or self.state is LinkState.FORGOTTEN:
                 return
             self.state = LinkState.CLOSED
             self._send(Shutdown())
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout_s)
+            if self._sock is not None:
+                try:  # the agent reads the Shutdown, then the channel's end; our reader sees the end now
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            threads = [t for t in (self._reader, self._thread) if t is not None]
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout_s)
+
+    def stop_with(self, owner_close: Any) -> None:
+        """What a stop() on one of the link's threads calls first: its tracker's close(), held
+        weakly (the link's threads must not keep a dropped tracker alive)."""
+        self._owner_close = weakref.WeakMethod(owner_close)
+
+    def _stop(self) -> None:
+        """A thread-leak check stopped one of our threads: end the tracker's run and let the agent go."""
+        owner_close = self._owner_close() if self._owner_close is not None else None
+        if owner_close is not None:
+            owner_close()
+        self.close()
 
     def forget_after_fork(self) -> None:
         """In a forked child: the parent's agent is not ours; never talk to it, never restart it."""
@@ -136,6 +159,7 @@ class AgentLink:
         self._wake_fd = None
         self._proc = None
         self._thread = None
+        self._reader = None
         self._lock = threading.RLock()
         self._wake_lock = threading.Lock()
 
@@ -216,8 +240,9 @@ class AgentLink:
                 self.kind = THREAD
         if self.kind == THREAD:
             self._start_thread()
-        reader = threading.Thread(target=self._read_loop, args=(self._sock, self._generation),
-                                  name="tracking-agent-link", daemon=True)
+        reader = TrackerThread(self._read_loop, "tracking-agent-link", args=(self._sock, self._generation))
+        reader.stop_with(self._stop)
+        self._reader = reader
         reader.start()
         self._send(Configure(self._portable_specs(), self.options, os.getpid()))
         for run in self._runs.values():
@@ -278,7 +303,8 @@ class AgentLink:
 
         # A daemon: the atexit hook ends runs (and waits for background ones) first; a stuck sink
         # must not hold the interpreter past that.
-        thread = threading.Thread(target=run, name="tracking-agent", daemon=True)
+        thread = TrackerThread(run, "tracking-agent")
+        thread.stop_with(self._stop)
         thread.start()
         self._proc, self._thread, self.pid = None, thread, os.getpid()
         self._use(ours, wake_write)

@@ -16,6 +16,7 @@ import bisect
 import logging
 import os
 import threading
+from collections import OrderedDict
 from array import array
 from pathlib import Path
 from typing import Any, Iterator
@@ -40,6 +41,8 @@ _RUN_PREFIX = b'["run",'
 _END_PREFIX = b'["end",'
 _KIND_OBJECTS = {kind: kind for kind in KINDS}
 _new = tuple.__new__
+#: events of recently decoded lines kept for the reader's other threads
+_DECODED_MAX_EVENTS = 50_000
 
 
 class JournalReader:
@@ -70,6 +73,9 @@ class JournalReader:
         self._last_seq = 0
         self._warned = False
         self._bad_lines: set[int] = set()  # first seqs of batch lines found damaged (counted once)
+        # The lines decoded last, by first seq: (line length, events), oldest first.
+        self._decoded: OrderedDict[int, tuple[int, list[SinkEvent | None]]] = OrderedDict()
+        self._decoded_events = 0
         self._root = str(self.run_dir)
 
     # -- the index ----------------------------------------------------------------------------
@@ -177,7 +183,8 @@ class JournalReader:
 
     def read(self, from_seq: int, max_events: int = DEFAULT_CHUNK_EVENTS, to_seq: int | None = None
              ) -> tuple[int, list[SinkEvent | None]]:
-        """Events from `from_seq` on (at most `max_events`, none past `to_seq`), contiguous.
+        """Events from `from_seq` on (about `max_events`: whole lines, so at most one line more;
+        none past `to_seq`), contiguous.
 
         Returns (seq of the first event returned, events). The first seq is past `from_seq` when
         the events in between can't be read (a corrupt line): the caller skips them. An event that
@@ -204,10 +211,11 @@ class JournalReader:
             skip = max(expected - first, 0)
             if skip >= len(decoded):
                 continue
-            keep = decoded[skip:]
-            if to_seq is not None:
+            keep = decoded[skip:] if skip else decoded
+            if to_seq is not None and first + len(decoded) - 1 > to_seq:
                 keep = keep[: max(to_seq - (first + skip) + 1, 0)]
-            keep = keep[: max_events - len(events)]
+            # Whole lines, not cut at max_events: the next read then starts on a line boundary
+            # instead of decoding the rest of this line again.
             if first_returned is None:
                 first_returned = first + skip
             events.extend(keep)
@@ -276,6 +284,23 @@ class JournalReader:
             return None
 
     def _decode_line(self, line: bytes, first: int) -> list[SinkEvent | None] | None:
+        """The events of a batch line, decoded once for every reader thread (several sinks
+        catching up over the same lines share the work)."""
+        with self._lock:
+            cached = self._decoded.get(first)
+        if cached is not None and cached[0] == len(line):
+            return cached[1]
+        out = self._decode_line_uncached(line, first)
+        if out is not None:
+            with self._lock:
+                self._decoded[first] = (len(line), out)
+                self._decoded_events += len(out)
+                while self._decoded_events > _DECODED_MAX_EVENTS and len(self._decoded) > 1:
+                    _, (_, dropped) = self._decoded.popitem(last=False)
+                    self._decoded_events -= len(dropped)
+        return out
+
+    def _decode_line_uncached(self, line: bytes, first: int) -> list[SinkEvent | None] | None:
         events = _batch_events(self._loads(line))
         if events is None:
             with self._lock:
@@ -284,7 +309,15 @@ class JournalReader:
                     self._corrupt(f"an unreadable batch line (seq {first} on)")
             return None
         finite = b'NaN"' not in line and b'Infinity"' not in line
-        out = [self._decode_event(raw, finite) for raw in events]
+        out = None
+        if finite and b'["figure",' not in line and b'["artifact",' not in line:
+            try:  # the common line, metrics (and params, tags) only: no call per event
+                out = [_new(Metrics, (METRICS, raw[1], raw[2], raw[3])) if raw[0] == METRICS
+                       else self._decode_event(raw, True) for raw in events]
+            except (TypeError, IndexError, KeyError):
+                out = None  # something malformed: event by event, so only it is lost
+        if out is None:
+            out = [self._decode_event(raw, finite) for raw in events]
         if None in out:
             with self._lock:
                 if first not in self._bad_lines:

@@ -1,0 +1,43 @@
+"""The threads the tracker starts in the training process, as thread-leak checks expect them.
+
+Every one is a daemon with a `stop()`: Lightning's test fixtures (and others modelled on them) call
+`stop()` on a daemon thread a test left behind and then require it to be gone. Ours ends what the
+thread serves (its tracker's `close()`: the run is ended as at interpreter exit, the agents let go)
+and joins it, within a deadline. Runs on whichever thread calls `stop()`.
+"""
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any, Callable
+
+__all__ = ["TrackerThread"]
+
+#: how long stop() waits for the thread once what it serves is ended
+_JOIN_TIMEOUT_S = 10.0
+
+
+class TrackerThread(threading.Thread):
+    """A daemon thread of ours; `stop()` ends its owner's work and joins it."""
+
+    def __init__(self, target: Callable[..., Any], name: str, args: tuple = ()) -> None:
+        super().__init__(target=target, name=name, args=args, daemon=True)
+        self._stop_owner: Callable[[], Any] | None = None
+        self._owner_ref: weakref.WeakMethod | None = None
+
+    def stop_with(self, stop: Callable[[], Any], weak: bool = False) -> None:
+        """What `stop()` calls first. `weak`: a bound method held weakly (a thread that outlives
+        its owner's use must not keep the owner alive); otherwise the thread keeps its owner alive
+        while it runs, so the exit hook still finds it."""
+        if weak:
+            self._owner_ref, self._stop_owner = weakref.WeakMethod(stop), None
+        else:
+            self._owner_ref, self._stop_owner = None, stop
+
+    def stop(self) -> None:
+        """End what this thread serves, then wait for it (at most `_JOIN_TIMEOUT_S`)."""
+        stop = self._owner_ref() if self._owner_ref is not None else self._stop_owner
+        if stop is not None:
+            stop()
+        if self.ident is not None and self is not threading.current_thread():
+            self.join(_JOIN_TIMEOUT_S)
