@@ -23,7 +23,8 @@ def test_init_log_and_end_training_record_every_value(tmp_path):
     for step in range(20):
         loss = torch.tensor(1.0 / (step + 1))  # a 0-d tensor, as a loop hands it over
         accelerator.log({"loss": loss, "lr": 0.1, "phase": "warmup" if step < 5 else "main",
-                         "norms": {"grad": float(step), "weight": 2.0}}, step=step)
+                         "norms": {"grad": float(step), "weight": 2.0}, "done": step == 19, "skipped": None},
+                        step=step)
     run_dir = ours.tracker.get_run_dir()
     accelerator.end_training()
     assert ours.tracker is None  # built from the preset, closed by finish()
@@ -34,3 +35,4 @@ def test_init_log_and_end_training_record_every_value(tmp_path):
     assert [int(r["step"]) for r in rows] == list(range(20))
     assert [float(r["loss"]) for r in rows] == pytest.approx([1.0 / (s + 1) for s in range(20)])
     assert [float(r["norms/grad"]) for r in rows] == [float(s) for s in range(20)]
+    assert [float(r["done"]) for r in rows] == [0.0] * 19 + [1.0] and "skipped" not in rows[0]

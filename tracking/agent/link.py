@@ -131,8 +131,10 @@ class AgentLink:
             self.state = LinkState.CLOSED
             self._send(Shutdown())
             if self._sock is not None:
-                try:  # the agent reads the Shutdown, then the channel's end; our reader sees the end now
-                    self._sock.shutdown(socket.SHUT_RDWR)
+                # Our reader sees the end of the channel now; the agent still reads the Shutdown and
+                # exits once the runs it is ending are done (its answers are not needed any more).
+                try:
+                    self._sock.shutdown(socket.SHUT_RD)
                 except OSError:
                     pass
             threads = [t for t in (self._reader, self._thread) if t is not None]
@@ -372,7 +374,6 @@ class AgentLink:
             sock.close()
             if generation != self._generation:
                 return
-            code = self._reap()
             with self._wake_lock:
                 if self._sock is sock:
                     self._sock = None
@@ -381,6 +382,7 @@ class AgentLink:
                     self._wake_fd = None
             if self.state is not LinkState.RUNNING:
                 return  # closed (the agent exits after its Shutdown), or forgotten in a forked child
+            code = self._reap()
             self.restarts += 1
             if self.restarts > 2 * _MAX_RESTARTS:
                 _logger.error("tracking: the delivery agent keeps dying; no more restarts. Undelivered events "

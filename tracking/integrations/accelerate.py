@@ -63,7 +63,11 @@ class AccelerateTracker(GeneralTracker):
         tracker = self._handle.started(self.run_name)
         metrics: dict[str, Any] = {}
         for key, value in values.items():
-            if isinstance(value, str):
+            if value is None:
+                continue  # Accelerate's own trackers skip it too
+            if isinstance(value, bool):
+                metrics[key] = int(value)
+            elif isinstance(value, str):
                 tracker.set_tag(key, value)
             elif isinstance(value, Mapping):
                 metrics.update({f"{key}/{sub}": v for sub, v in value.items()})

@@ -35,6 +35,7 @@ class TrackerHandle:
         self.tracker = tracker
         self.owned = tracker is None
         self.run_id: str | None = None  #: the run this handle recorded into last
+        self._started: str | None = None  # the run this handle started (the only one it ends)
 
     def get(self) -> Tracker:
         """The tracker, built from the preset if there is none."""
@@ -50,20 +51,21 @@ class TrackerHandle:
         own run is recorded into)."""
         tracker = self.get()
         if tracker.state in _STARTABLE:
-            tracker.start_run(run_name, config=config)
+            self._started = tracker.start_run(run_name, config=config)
         self.run_id = tracker.run_id
         return tracker
 
     def end(self, status: str) -> None:
-        """End the run this handle recorded into (if it is still going); close an owned tracker."""
+        """End the run this handle started (if it is still going: a run the caller started is the
+        caller's to end); close an owned tracker."""
         tracker = self.tracker
         if tracker is None:
             return
-        if self.run_id is not None and tracker.run_id == self.run_id and tracker.state is RunState.RUNNING:
+        if self._started is not None and tracker.run_id == self._started and tracker.state is RunState.RUNNING:
             tracker.end_run(status)
         if self.owned:
             tracker.close()
             self.tracker = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "tracker": None, "owned": True, "run_id": None}
+        return {**self.__dict__, "tracker": None, "owned": True, "run_id": None, "_started": None}

@@ -293,6 +293,9 @@ class JournalReader:
         out = self._decode_line_uncached(line, first)
         if out is not None:
             with self._lock:
+                previous = self._decoded.pop(first, None)  # another thread decoded it meanwhile
+                if previous is not None:
+                    self._decoded_events -= len(previous[1])
                 self._decoded[first] = (len(line), out)
                 self._decoded_events += len(out)
                 while self._decoded_events > _DECODED_MAX_EVENTS and len(self._decoded) > 1:
