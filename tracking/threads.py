@@ -8,7 +8,6 @@ and joins it, within a deadline. Runs on whichever thread calls `stop()`.
 from __future__ import annotations
 
 import threading
-import weakref
 from typing import Any, Callable
 
 __all__ = ["TrackerThread"]
@@ -23,21 +22,16 @@ class TrackerThread(threading.Thread):
     def __init__(self, target: Callable[..., Any], name: str, args: tuple = ()) -> None:
         super().__init__(target=target, name=name, args=args, daemon=True)
         self._stop_owner: Callable[[], Any] | None = None
-        self._owner_ref: weakref.WeakMethod | None = None
 
-    def stop_with(self, stop: Callable[[], Any], weak: bool = False) -> None:
-        """What `stop()` calls first. `weak`: a bound method held weakly (a thread that outlives
-        its owner's use must not keep the owner alive); otherwise the thread keeps its owner alive
-        while it runs, so the exit hook still finds it."""
-        if weak:
-            self._owner_ref, self._stop_owner = weakref.WeakMethod(stop), None
-        else:
-            self._owner_ref, self._stop_owner = None, stop
+    def stop_with(self, stop: Callable[[], Any]) -> None:
+        """What `stop()` calls first. The thread holds it strongly: the writer thread keeps its
+        tracker alive while the run is open, so the exit hook still finds it (a link, whose threads
+        outlive its runs, hands over a method of its own that holds the tracker weakly)."""
+        self._stop_owner = stop
 
     def stop(self) -> None:
         """End what this thread serves, then wait for it (at most `_JOIN_TIMEOUT_S`)."""
-        stop = self._owner_ref() if self._owner_ref is not None else self._stop_owner
-        if stop is not None:
-            stop()
+        if self._stop_owner is not None:
+            self._stop_owner()
         if self.ident is not None and self is not threading.current_thread():
             self.join(_JOIN_TIMEOUT_S)
