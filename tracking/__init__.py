@@ -9,6 +9,7 @@ from .errors import *  # noqa: F401,F403 - the exceptions are part of the public
 from .errors import __all__ as _errors_all
 from .agent.engine import RetryPolicy
 from .sinks import PermanentSinkError, RunContext, Sink
+from .models import ModelInfo
 from .stats import RunReport, TrackerStats
 from .tracker import RunState, Tracker
 from .local import LocalTracker
@@ -27,6 +28,7 @@ __all__ = [
     "RetryPolicy",
     "RunReport",
     "TrackerStats",
+    "ModelInfo",
     "Sink",
     "RunContext",
     "PermanentSinkError",

@@ -23,6 +23,8 @@ __all__ = [
     "SinkBusyError",
     "ReplayError",
     "PermanentSinkError",
+    "InvalidModelError",
+    "RunIdPendingError",
     "MLflowSinkError",
     "MLflowSinkWarning",
 ]
@@ -79,6 +81,14 @@ class QueueClosedError(TrackingError, RuntimeError):
 
 class SinkBusyError(TrackingError, RuntimeError):
     """Another live process delivers this run to this sink (an agent, or a replay)."""
+
+
+class InvalidModelError(TrackingError, TypeError):
+    """`log_model` was given something it cannot keep: not a torch module, or one that can't be serialised."""
+
+
+class RunIdPendingError(TrackingError, TimeoutError):
+    """`get_run_id()` waited out its deadline before the MLflow sink had created the MLflow run."""
 
 
 class ReplayError(TrackingError):

@@ -13,6 +13,8 @@ about half what a NamedTuple costs to build, and building one is most of what a 
     (ARTIFACT,   name: str, path: str, timestamp_s)      path: the snapshot inside the run directory
     (FIGURE,     name: str, png: bytes, timestamp_s)     the writer thread writes the PNG to figures/
     (EXPERIMENT, name: str, timestamp_s)                 an experiment to create (MLflow maps it)
+    (MODEL,      artifact_path: str, path: str, registered_model_name: str | None, timestamp_s)
+                                                         path: the saved model's folder in the run directory
 
 Before the journal holds a METRICS event its step is resolved (never None) and every value is a
 float; a FIGURE event holds its file's path instead of the bytes (a figure logged twice under one
@@ -39,6 +41,7 @@ __all__ = [
     "ARTIFACT",
     "FIGURE",
     "EXPERIMENT",
+    "MODEL",
     "KINDS",
     "PNG_SIGNATURE",
     "coerce_value",
@@ -57,6 +60,7 @@ __all__ = [
     "Artifact",
     "Figure",
     "Experiment",
+    "Model",
     "SinkEvent",
     "EVENT_TYPES",
     "sink_event",
@@ -69,7 +73,8 @@ TAG = "tag"
 ARTIFACT = "artifact"
 FIGURE = "figure"
 EXPERIMENT = "experiment"
-KINDS = (METRICS, PARAMS, TAG, ARTIFACT, FIGURE, EXPERIMENT)
+MODEL = "model"
+KINDS = (METRICS, PARAMS, TAG, ARTIFACT, FIGURE, EXPERIMENT, MODEL)
 #: the first 8 bytes of every PNG file: what a FIGURE's image must start with
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -386,10 +391,23 @@ class Experiment(NamedTuple):
     timestamp: float
 
 
-#: what a sink's `write` receives: one of these (tuples, so `event[0]` is the kind, as before)
-SinkEvent = Union[Metrics, Params, Tag, Artifact, Figure, Experiment]
+class Model(NamedTuple):
+    """A model from `log_model`, saved when it was logged: `path` is its folder inside the run's
+    `artifacts/` (an MLflow Model where mlflow is installed; `tracking.models`), never changed."""
+
+    kind: str  #: MODEL
+    artifact_path: str
+    path: str
+    registered_model_name: str | None
+    timestamp: float
+
+
+#: what a sink's `write` receives: one of these (tuples, so `event[0]` is the kind, as before).
+#: A sink ignores the kinds it has no use for; later versions may add kinds.
+SinkEvent = Union[Metrics, Params, Tag, Artifact, Figure, Experiment, Model]
 EVENT_TYPES: dict[str, type] = {
     METRICS: Metrics, PARAMS: Params, TAG: Tag, ARTIFACT: Artifact, FIGURE: Figure, EXPERIMENT: Experiment,
+    MODEL: Model,
 }
 _new = tuple.__new__
 

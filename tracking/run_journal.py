@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from .events import ARTIFACT, FIGURE, METRICS, METRICS_DEFERRED, TAG, CudaScalar
+from .events import ARTIFACT, FIGURE, METRICS, METRICS_DEFERRED, MODEL, TAG, CudaScalar
 from .journal import JournalWriter
 from .rundir import FIGURES_DIR
 from .steps import StepResolver
@@ -43,7 +43,7 @@ class RunJournal:
         self._hold_events = max(int(hold_events), 1)
         self._held: list[tuple] = []
         self._held_paths = False
-        self._batch_paths = False  # the batch being prepared holds artifact or figure paths
+        self._batch_paths = False  # the batch being prepared holds artifact, figure or model paths
         self._steps = StepResolver()
         self._figure_counts: dict[str, int] = {}
 
@@ -121,7 +121,7 @@ class RunJournal:
             if kind is FIGURE:
                 self._batch_paths = True
                 return self._write_figure(event)
-            if kind is ARTIFACT:
+            if kind is ARTIFACT or kind is MODEL:
                 self._batch_paths = True
             elif kind is TAG:
                 self.tags[event[1]] = event[2]

@@ -28,6 +28,7 @@ class TrackerStats(NamedTuple):
     placement: dict[str, str] = {}  #: per sink: "agent" (its process), "thread" (this process) or "inline"
     journaled: int = 0  #: the last seq in the journal
     held: int = 0  #: events waiting for the disk to take the journal again
+    mlflow_run_id: str | None = None  #: the MLflow run of this run, once the MLflow sink has made it
 
     @classmethod
     def of(cls, sinks: dict[str, dict[str, Any]], journaled: int, *, queue_depth: int = 0, held: int = 0,
@@ -50,6 +51,7 @@ class TrackerStats(NamedTuple):
             placement={n: s.get("placement", "?") for n, s in sinks.items()},
             journaled=journaled,
             held=held,
+            mlflow_run_id=next((s["mlflow_run_id"] for s in sinks.values() if s.get("mlflow_run_id")), None),
         )
 
 

@@ -45,6 +45,7 @@ from .errors import (
     NoActiveRunError,
     RunAlreadyActiveError,
     RunEndedError,
+    RunIdPendingError,
 )
 from .events import (
     ARTIFACT,
@@ -53,6 +54,7 @@ from .events import (
     MAX_STEP,
     METRICS,
     METRICS_DEFERRED,
+    MODEL,
     PARAMS,
     PNG_SIGNATURE,
     TAG,
@@ -65,6 +67,7 @@ from .events import (
     coerce_value,
     copy_params,
 )
+from .models import ModelInfo, check_model, save_model_folder
 from .queue import BLOCK, POLICIES
 from .redact import DEFAULT_SECRET_KEY_PATTERNS
 from .rundir import ARTIFACTS_DIR, base_meta, create_run_dir, finish_meta, new_run_id, write_meta
@@ -83,6 +86,9 @@ _time = time.time
 #: bytes a figure's file name adds to its name (`_{count}.png`), and a snapshot's temporary name
 _FIGURE_SUFFIX_BYTES = 12
 _SNAPSHOT_SUFFIX_BYTES = 24
+_MODEL_SUFFIX_BYTES = 6  # "-9999": a second model at one artifact_path
+#: the sink whose run id `get_run_id()` reports
+_MLFLOW_SINK = "mlflow"
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
@@ -446,6 +452,58 @@ class Tracker:
         self._require_run_dir()
         self._emit((FIGURE, name, _png_bytes(figure), _time()))
 
+    def log_model(self, model: Any, artifact_path: str = "model", registered_model_name: str | None = None,
+                  input_example: Any = None) -> ModelInfo | None:
+        """Keep `model` as it is now (an MLflow Model under the run's `artifacts/`) and send it to MLflow.
+
+        The model is saved here, on the caller's thread (`tracking.models`): training it further
+        after the call does not change what was logged. The MLflow sink delivers the folder as the
+        MLflow run's artifacts at `artifact_path` and, with `registered_model_name`, creates a new
+        version of that registered model. `input_example` (a tensor or array the model takes)
+        selects MLflow's "pt2" format; without one the model is pickled (cloudpickle). Returns
+        where the model is (`ModelInfo`); None on an inert tracker.
+        """
+        check_model(model)
+        artifact_path = check_name(artifact_path, "artifact_path", reserve_bytes=_MODEL_SUFFIX_BYTES)
+        if registered_model_name is not None:
+            if not isinstance(registered_model_name, str) or not registered_model_name.strip():
+                raise InvalidNameError(
+                    f"registered_model_name must be a non-empty str or None, got {registered_model_name!r}")
+            check_text(registered_model_name, "registered_model_name")
+            if "/" in registered_model_name or ":" in registered_model_name:
+                raise InvalidNameError(f"registered_model_name must not contain '/' or ':' (MLflow's model "
+                                       f"registry refuses them), got {registered_model_name!r}")
+        run_dir = self._require_run_dir()
+        if run_dir is None:
+            return None
+        used, folder, fmt = save_model_folder(model, run_dir / ARTIFACTS_DIR, artifact_path, input_example)
+        self._emit((MODEL, used, str(folder), registered_model_name, _time()))
+        mlflow_run_id = self._mlflow_run_id()
+        uri = f"runs:/{mlflow_run_id}/{used}" if mlflow_run_id else str(folder)
+        return ModelInfo(uri, folder, used, registered_model_name, fmt)
+
+    def get_run_id(self, timeout_s: float | None = None) -> str | None:
+        """The MLflow run id where this tracker sends to MLflow, else ours (`run_id`); None before a run.
+
+        The delivery agent creates the MLflow run shortly after `start_run`; until it has, this
+        waits (a `flush`, at most `timeout_s`, default `flush_timeout_s`) and raises
+        RunIdPendingError if MLflow still has no run by then (e.g. its server is down).
+        """
+        if self.run_id is None or all(sink.name != _MLFLOW_SINK for sink in self.sinks):
+            return self.run_id
+        known = self._mlflow_run_id()
+        if known is None:
+            self.flush(timeout_s)
+            known = self._mlflow_run_id()
+        if known is None:
+            stats = self.stats()
+            raise RunIdPendingError(
+                f"MLflow has no run for {self.run_id!r} yet (the MLflow sink's failed calls so far: "
+                f"{stats.sink_errors.get(_MLFLOW_SINK, 0)}); call get_run_id() again later, or see "
+                f"`python -m tracking show {self.run_id}`"
+            )
+        return known
+
     def create_experiment(self, name: str) -> str:
         """Create an experiment (an MLflow experiment where an MLflow sink is used); returns its name."""
         name = self._check_experiment(name)
@@ -481,6 +539,12 @@ class Tracker:
         return TrackerStats.of(report.sinks, report.events, dropped=report.dropped, agent_pid=agent_pid, ended=True)
 
     # -- internals ------------------------------------------------------------------------------------
+
+    def _mlflow_run_id(self) -> str | None:
+        """The MLflow run id of the active (or last) run, if the MLflow sink has reported it."""
+        if self.state is RunState.INERT:
+            return None
+        return self.stats().mlflow_run_id
 
     def _require_run_dir(self) -> Path | None:
         """The active run's directory; None when log calls are discarded; raises without a run."""

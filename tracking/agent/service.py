@@ -203,6 +203,7 @@ class RunService:
             return True
         if slot.state is SlotState.NEW:
             await self._call(slot, slot.open, in_thread=True)
+            self._send_progress(force=True)  # the sink's facts (the MLflow run id) for get_run_id()
             return True
         if self._commit_due(slot, now):  # before delivering more: a sink that never catches up commits too
             asked = self._flush_asked(slot)

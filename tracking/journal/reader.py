@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import orjson
 
 from ..errors import InvalidNameError
-from ..events import ARTIFACT, EVENT_TYPES, FIGURE, KINDS, METRICS, Metrics, SinkEvent, check_name
+from ..events import ARTIFACT, EVENT_TYPES, FIGURE, KINDS, METRICS, MODEL, Metrics, SinkEvent, check_name
 from ..rundir import JOURNAL_FILE
 
 __all__ = ["JournalReader", "JournalContents", "read_journal", "DEFAULT_CHUNK_EVENTS"]
@@ -339,12 +339,15 @@ class JournalReader:
                         if type(value) is str:
                             values[key] = float(value)
                 return _new(Metrics, (METRICS, values, raw[2], raw[3]))
-            if kind == ARTIFACT or kind == FIGURE:
+            if kind == ARTIFACT or kind == FIGURE or kind == MODEL:
                 # A journal is data from disk: an entry must not point a sink outside the run.
+                cls = EVENT_TYPES[kind]
+                if len(raw) != len(cls._fields):
+                    return None
                 relative = check_name(raw[2], f"journal {kind} path")
                 check_name(raw[1], f"journal {kind} name")
                 path = os.path.join(self._root, relative)
-                return _new(EVENT_TYPES[kind], (_KIND_OBJECTS[kind], raw[1], path, raw[3]))
+                return _new(cls, (_KIND_OBJECTS[kind], raw[1], path, *raw[3:]))
             cls = EVENT_TYPES.get(kind)
             if cls is None or len(raw) != len(cls._fields):
                 return None

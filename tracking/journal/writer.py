@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import orjson
 
-from ..events import ARTIFACT, FIGURE, METRICS, is_finite_all
+from ..events import ARTIFACT, FIGURE, METRICS, MODEL, is_finite_all
 from ..rundir import JOURNAL_FILE, json_default
 
 __all__ = ["JournalWriter"]
@@ -146,8 +146,8 @@ class JournalWriter:
 
     def _relative(self, event: tuple) -> tuple:
         kind = event[0]
-        if (kind is ARTIFACT or kind is FIGURE) and event[2].startswith(self._run_dir):
-            return (kind, event[1], event[2][len(self._run_dir):], event[3])
+        if (kind is ARTIFACT or kind is FIGURE or kind is MODEL) and event[2].startswith(self._run_dir):
+            return (kind, event[1], event[2][len(self._run_dir):], *event[3:])
         return event
 
 

@@ -18,9 +18,10 @@ A sink is any object with these four methods (`Sink` below). For each run it see
    committed cursor: the sink gets the events after it) and ``checkpoint`` (see below).
 2. ``write(events)`` any number of times, with the run's events in the order they were logged, each
    event exactly once while calls succeed. Events are typed tuples (`tracking.events`: `Metrics`,
-   `Params`, `Tag`, `Artifact`, `Figure`, `Experiment`; ``event[0]`` is the kind): metric steps are
-   resolved ints and values floats (NaN and ±inf included); artifact and figure events carry the
-   path of a file inside the run directory that nobody will modify.
+   `Params`, `Tag`, `Artifact`, `Figure`, `Experiment`, `Model`; ``event[0]`` is the kind; a sink
+   ignores the kinds it has no use for): metric steps are resolved ints and values floats (NaN and
+   ±inf included); artifact and figure events carry the path of a file, model events the path of a
+   folder, inside the run directory, that nobody will modify.
 3. ``flush()``: on return, everything written so far must be durable or visible to readers (files
    written, requests answered). Called when the user flushes, every ``commit_interval_s`` while
    events flow, and before the engine commits the sink's cursor.

@@ -87,7 +87,7 @@ class _HelperBackend:
         if self._proc is None or self._proc.poll() is not None:
             self._start()
         # Artifact uploads may take long; MLflow's own HTTP timeouts bound them.
-        timeout = None if op == "artifact" else self._call_timeout_s
+        timeout = None if op in ("artifact", "model") else self._call_timeout_s
         return self._exchange((op, args), timeout, what=f"the MLflow call {op!r}")
 
     def _exchange(self, message: Any, timeout: float | None, what: str) -> Any:

@@ -6,8 +6,9 @@ entity objects are built on the other side (`store`).
 
 What a ``write`` becomes (`_Encoder.encode`), in this order: EXPERIMENT events as experiments to
 create; PARAMS flattened with "." as params (``model.hidden_dims``); TAG as tags; METRICS as metric
-points with their steps and timestamps (ms); then ARTIFACT under its name (sub-folders kept) and
-FIGURE under ``figures/``. Requests respect MLflow's limits: at most 1,000 metrics, 100 params,
+points with their steps and timestamps (ms); then ARTIFACT under its name (sub-folders kept),
+FIGURE under ``figures/`` and MODEL (a saved MLflow Model's folder) at its artifact path, with a
+registry version when it names one. Requests respect MLflow's limits: at most 1,000 metrics, 100 params,
 100 tags and 1,000 entities per ``log_batch``, and about 1 MB of JSON.
 
 What MLflow refuses is fixed here, each kind with a single `MLflowSinkWarning` per sink (the local
@@ -26,7 +27,7 @@ import os
 import re
 from typing import Any, Mapping, Sequence
 
-from ...events import ARTIFACT, EXPERIMENT, FIGURE, METRICS, PARAMS, TAG
+from ...events import ARTIFACT, EXPERIMENT, FIGURE, METRICS, MODEL, PARAMS, TAG
 from ...redact import DEFAULT_SECRET_KEY_PATTERNS, MASK, flatten_config, is_secret_key, redact_config
 
 __all__ = [
@@ -203,6 +204,8 @@ class _Encoder:
                 files.append(("artifact", event[2], event[1]))
             elif kind == FIGURE:
                 files.append(("artifact", event[2], _figure_name(event[1], event[2])))
+            elif kind == MODEL:  # (artifact_path, folder, registered_model_name)
+                files.append(("model", event[2], event[1], event[3]))
             elif kind == EXPERIMENT:
                 experiments.append(("experiment", event[1]))
             else:

@@ -16,7 +16,9 @@ What MLflow gets:
   and the config flattened with "." as params (``model.hidden_dims``).
 - ``write``: PARAMS flattened the same way; TAG as tags; METRICS as metric points with their steps
   and timestamps (ms); ARTIFACT under its name (sub-folders kept); FIGURE under ``figures/``;
-  EXPERIMENT creates that experiment. Requests respect MLflow's limits, and what MLflow would refuse
+  MODEL (an MLflow Model saved by `log_model`) at its artifact path, and with a registered model
+  name a new version of that model, made once per event (a resumed delivery finds the version it
+  made before); EXPERIMENT creates that experiment. Requests respect MLflow's limits, and what MLflow would refuse
   is fixed first, with one `MLflowSinkWarning` per kind (see `encode`).
 - ``close``: the run's status (``set_terminated``).
 

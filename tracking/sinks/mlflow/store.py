@@ -155,6 +155,30 @@ class _Store:
                 shutil.copyfile(path, staged)
             self._client.log_artifact(run_id, staged, folder or None)
 
+    def _op_model(self, run_id: str, folder: str, artifact_path: str, registered_name: str | None) -> None:
+        """Upload a saved MLflow Model's folder to `artifact_path`; register a version if asked."""
+        self._client.log_artifacts(run_id, folder, artifact_path)
+        if registered_name is not None:
+            version = self._register(run_id, artifact_path, registered_name)
+            _logger.info("mlflow sink: model %r version %s is runs:/%s/%s", registered_name, version,
+                         run_id, artifact_path)
+
+    def _register(self, run_id: str, artifact_path: str, name: str) -> str:
+        """The version of `name` made from this run's `artifact_path`: the existing one, else a new one."""
+        from mlflow.exceptions import MlflowException
+
+        source = f"runs:/{run_id}/{artifact_path}"
+        try:
+            self._client.create_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            if "'" not in name and "\\" not in name:  # else not expressible in the filter syntax
+                for version in self._client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+                    if version.source == source:  # a retry, or a resumed delivery: made already
+                        return version.version
+        return self._client.create_model_version(name, source, run_id=run_id).version
+
     def _op_terminate(self, run_id: str, status: str, end_ms: int) -> None:
         self._client.set_terminated(run_id, status, end_time=end_ms)
 
