@@ -1,6 +1,7 @@
 """Bad input gets a clear error at the call site, with a type and a message that say what to fix."""
 from __future__ import annotations
 
+import gc
 import json
 
 import numpy as np
@@ -212,3 +213,23 @@ def test_a_value_that_breaks_while_being_journaled_costs_only_itself(make_tracke
     assert report.events == 2 and report.unrecorded == 1 and not report.complete, report.summary()
     assert all(s["undelivered"] == 0 for s in report.sinks.values())
     assert json.load(open(tracker.base_dir / run_id / "metrics.json")) == {"x": 2.0}
+
+
+def test_queued_metric_events_are_left_alone_by_the_garbage_collector(make_tracker):
+    """An event waits up to batch_interval_s in the queue: one the GC kept tracking would reach its
+    oldest generation and make it walk the user's whole heap (see tracking.events)."""
+    tracker = make_tracker(["json"], batch_interval_s=60.0)
+    tracker.start_run()
+    tracker.log_metric("loss", torch.tensor(0.5), step=0)
+    tracker.log_metric("lr", 1e-3)
+    tracker.log_metrics({"a": 1.0, "b": 2.0}, step=1)
+    tracker.log_metrics({"c": 3, "d": np.float32(4.0)}, step=1)  # the key-by-key path
+    queued = list(tracker._active.writer.queue._items)
+    # A collection stops tracking a tuple whose items are untracked; the inner tuples are
+    # untracked by the first pass, the event by the next.
+    gc.collect()
+    gc.collect()
+    assert len(queued) == 4 and not any(gc.is_tracked(event) for event in queued)
+    assert tracker.flush()
+    assert json.load(open(tracker.get_run_dir() / "metrics.json")) == {
+        "loss": 0.5, "lr": 1e-3, "a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}

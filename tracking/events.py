@@ -4,10 +4,11 @@ Built on the caller's thread by the functions here (validation and value capture
 serialisation, no device synchronisation); prepared on the writer thread (`tracking.run_journal`)
 and read by the delivery agent and sinks.
 
-On the caller's side an event is a plain tuple whose first item names its kind. Plain tuples cost
-about half what a NamedTuple costs to build, and building one is most of what a log call does:
+On the caller's side an event is a plain tuple whose first item names its kind, its time last.
+Plain tuples cost about half what a NamedTuple costs to build, and building one is most of what a
+log call does:
 
-    (METRICS,    values: dict[str, float], step: int | None, timestamp_s: float)
+    (SCALARS,    keys: tuple[str, ...], values: tuple[float, ...], step: int | None, timestamp_s)
     (PARAMS,     params: dict[str, object], timestamp_s)
     (TAG,        key: str, value: str, timestamp_s)
     (ARTIFACT,   name: str, path: str, timestamp_s)      path: the snapshot inside the run directory
@@ -16,11 +17,20 @@ about half what a NamedTuple costs to build, and building one is most of what a 
     (MODEL,      artifact_path: str, path: str, registered_model_name: str | None, timestamp_s)
                                                          path: the saved model's folder in the run directory
 
-Before the journal holds a METRICS event its step is resolved (never None) and every value is a
+Metric values travel as SCALARS, two flat tuples of strings and floats, not as a dict inside the
+event tuple: CPython's garbage collector stops tracking a tuple that holds only such atoms at its
+first collection, but never one that holds a dict. Events wait up to `batch_interval_s` in the
+queue, long enough to be moved into the oldest generation, and each full collection then walks the
+user's whole heap: with dicts inside, collections took 0.45 µs a scalar of the training process's
+CPU (`benchmarks/delivery_cpu.py`). The journal keeps SCALARS as they are (the delivery agent builds
+the dicts); METRICS, `(METRICS, values: dict, step, timestamp_s)`, is the form sinks receive, and
+what the writer makes of `METRICS_DEFERRED` (the caller-side form of metrics holding CUDA
+snapshots, rare; `tracking.run_journal` reads them).
+
+Before the journal holds a metric event its step is resolved (never None) and every value is a
 float; a FIGURE event holds its file's path instead of the bytes (a figure logged twice under one
-name gets two files). `METRICS_DEFERRED` is the caller-side form of a METRICS event holding CUDA
-snapshots; the writer reads them (`tracking.run_journal`). Sinks receive the same layouts typed
-(`Metrics`, `Params`, ... below): NamedTuples, so `event[0]` is still the kind.
+name gets two files). Sinks receive the layouts typed (`Metrics`, `Params`, ... below):
+NamedTuples, so `event[0]` is still the kind.
 """
 from __future__ import annotations
 
@@ -34,6 +44,7 @@ from typing import Any, Mapping, NamedTuple, Union
 from .errors import InvalidKeyError, InvalidMetricError, InvalidNameError, InvalidParamError, InvalidStepError
 
 __all__ = [
+    "SCALARS",
     "METRICS",
     "METRICS_DEFERRED",
     "PARAMS",
@@ -66,6 +77,7 @@ __all__ = [
     "sink_event",
 ]
 
+SCALARS = "scalars"
 METRICS = "metrics"
 METRICS_DEFERRED = "metrics_deferred"
 PARAMS = "params"
@@ -74,7 +86,8 @@ ARTIFACT = "artifact"
 FIGURE = "figure"
 EXPERIMENT = "experiment"
 MODEL = "model"
-KINDS = (METRICS, PARAMS, TAG, ARTIFACT, FIGURE, EXPERIMENT, MODEL)
+#: the kinds a journal holds
+KINDS = (SCALARS, METRICS, PARAMS, TAG, ARTIFACT, FIGURE, EXPERIMENT, MODEL)
 #: the first 8 bytes of every PNG file: what a FIGURE's image must start with
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -115,33 +128,54 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {text}"
 
 
-def capture_metrics(metrics: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """`(kind, values)` for a `log_metrics` call: every value captured as it is now.
+def capture_metrics(metrics: Mapping[str, Any]) -> tuple[str, tuple[str, ...], tuple[Any, ...]]:
+    """`(kind, keys, values)` for a `log_metrics` call: every value captured as it is now.
 
-    Called on the caller's thread once per call. A dict of floats under plain keys (what a loop
-    that calls `.item()` itself logs) is copied in C and checked in one pass; anything else goes
-    key by key (`_capture_each`, `coerce_value`): a CPU 0-d tensor (the trainer's case) is read with
-    one `item()`.
+    Called on the caller's thread once per call. Floats under key sets seen before (what a loop
+    that calls `.item()` itself logs, step after step) are checked in C: two tuples, a type test
+    over the values, a set lookup for the keys. Anything else goes key by key (`_capture_each`,
+    `coerce_value`): a CPU 0-d tensor (the trainer's case) is read with one `item()`. The kind is
+    METRICS_DEFERRED if a value is a CUDA snapshot, else SCALARS.
     """
-    values = dict(metrics) if type(metrics) is dict else dict(metrics.items())
-    for key, value in values.items():
-        if type(value) is not float or type(key) is not str or not key or not key.isascii():
-            return _capture_each(values)
-    return METRICS, values
+    if type(metrics) is dict:
+        keys, values = tuple(metrics), tuple(metrics.values())
+    else:
+        items = tuple(metrics.items())
+        keys, values = tuple(k for k, _ in items), tuple(v for _, v in items)
+    if _ONLY_FLOAT.issuperset(map(type, values)) and (keys in _KNOWN_KEYS or _learn_keys(keys)):
+        return SCALARS, keys, values
+    return _capture_each(keys, values)
 
 
-def _capture_each(metrics: dict[Any, Any]) -> tuple[str, dict[str, Any]]:
-    values: dict[str, Any] = {}
-    kind = METRICS
-    for key, value in metrics.items():
+#: types a value may have to skip `coerce_value`
+_ONLY_FLOAT = frozenset({float})
+#: key tuples that passed `check_key`: a loop logs the same few sets every step
+_KNOWN_KEYS: set[tuple[str, ...]] = set()
+_MAX_KNOWN_KEYS = 4096
+
+
+def _learn_keys(keys: tuple[Any, ...]) -> bool:
+    """True if every key is plain ASCII text (remembered); False sends the call the slow way."""
+    for key in keys:
+        if type(key) is not str or not key or not key.isascii():
+            return False
+    if len(_KNOWN_KEYS) < _MAX_KNOWN_KEYS:
+        _KNOWN_KEYS.add(keys)
+    return True
+
+
+def _capture_each(keys: tuple[Any, ...], raw: tuple[Any, ...]) -> tuple[str, tuple[str, ...], tuple[Any, ...]]:
+    values: list[Any] = []
+    kind = SCALARS
+    for key, value in zip(keys, raw):
         if type(key) is not str or not key or not key.isascii():
             check_key(key)
         if type(value) is not float:
             value = coerce_value(key, value)
             if type(value) is CudaScalar:
                 kind = METRICS_DEFERRED
-        values[key] = value
-    return kind, values
+        values.append(value)
+    return kind, tuple(str(k) for k in keys), tuple(values)
 
 
 def coerce_value(key: str, value: Any) -> float | CudaScalar:
@@ -414,14 +448,18 @@ _new = tuple.__new__
 
 def sink_event(event: tuple) -> SinkEvent:
     """The typed form of a prepared event (sync mode; the journal reader builds its own)."""
+    if event[0] is SCALARS:
+        _, keys, values, step, ts = event
+        return _new(Metrics, (METRICS, dict(zip(keys, values)), step, ts))
     return _new(EVENT_TYPES[event[0]], event)
 
 
-def is_finite_all(values: dict[str, float]) -> bool:
-    """True if every value is finite (a fast sum first: the common case is all finite)."""
+def is_finite_all(values: dict[str, float] | tuple[float, ...]) -> bool:
+    """True if every value (of a dict, or a tuple) is finite (a fast sum first: the common case)."""
+    numbers = values.values() if type(values) is dict else values
     try:
-        if math.isfinite(sum(values.values())):
+        if math.isfinite(sum(numbers)):
             return True
     except TypeError:
         return False
-    return all(math.isfinite(v) for v in values.values())
+    return all(math.isfinite(v) for v in numbers)

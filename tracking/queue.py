@@ -23,8 +23,8 @@ BLOCK = "block"
 DROP = "drop"
 POLICIES = (BLOCK, DROP)
 
-#: a first guess at what a queued event weighs (a 1-key METRICS tuple with its dict and float)
-INITIAL_EVENT_BYTES = 400
+#: a first guess at what a queued event weighs (a 1-key SCALARS tuple with its tuples and float)
+INITIAL_EVENT_BYTES = 300
 #: a blocked producer resumes once the queue is below this fraction of its maximum
 _RESUME_FRACTION = 0.9
 _BLOCK_POLL_S = 0.0005
@@ -147,10 +147,10 @@ class EventQueue:
 
 
 def event_bytes(event: tuple) -> int:
-    """What one event weighs in memory: the tuple, its dict and the floats in it (approximate)."""
+    """What one event weighs in memory: the tuple, its tuples or dict and the floats in them (approximate)."""
     size = sys.getsizeof(event)
     for item in event:
         size += sys.getsizeof(item)
-        if type(item) is dict:
+        if type(item) is dict or type(item) is tuple:
             size += 32 * len(item)  # a float object per value; keys are usually shared/interned
     return size

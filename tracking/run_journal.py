@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from .events import ARTIFACT, FIGURE, METRICS, METRICS_DEFERRED, MODEL, TAG, CudaScalar
+from .events import ARTIFACT, FIGURE, METRICS_DEFERRED, MODEL, SCALARS, TAG, CudaScalar
 from .journal import JournalWriter
 from .rundir import FIGURES_DIR
 from .steps import StepResolver
@@ -113,7 +113,7 @@ class RunJournal:
     # -- internals -----------------------------------------------------------------------------
 
     def _prepare_other(self, event: tuple) -> tuple | None:
-        """Everything but a plain METRICS event (the step resolver takes those); None leaves it out."""
+        """Everything but a plain metrics event (the step resolver takes those); None leaves it out."""
         try:
             kind = event[0]
             if kind is METRICS_DEFERRED:
@@ -177,12 +177,8 @@ class RunJournal:
 
 
 def _read_cuda(event: tuple) -> tuple:
-    """A METRICS_DEFERRED event as the METRICS event it stands for, every CUDA snapshot read (this
+    """A METRICS_DEFERRED event as the SCALARS event it stands for, every CUDA snapshot read (this
     waits for the copies the caller queued, here on the writer thread, never on the caller's)."""
     _, values, step, ts = event
-    return (
-        METRICS,
-        {k: (v.read() if type(v) is CudaScalar else v) for k, v in values.items()},
-        step,
-        ts,
-    )
+    read = tuple(v.read() if type(v) is CudaScalar else v for v in values.values())
+    return (SCALARS, tuple(values), read, step, ts)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .events import METRICS
+from .events import METRICS, SCALARS
 
 __all__ = ["StepResolver"]
 
@@ -35,38 +35,42 @@ class StepResolver:
         self._seen: dict[tuple[str, ...], int] = {}  # key set -> highest explicit step
 
     def resolve_all(self, events: list[tuple], other: Callable[[tuple], tuple | None]) -> list[tuple]:
-        """`resolve` for every METRICS event of a batch, in place and in one loop (the writer's hot
+        """`resolve` for every metrics event of a batch, in place and in one loop (the writer's hot
         path: an event with a step stays as it is); every other event is replaced by what `other`
         returns for it, and left out where that is None."""
         seen, fold_at = self._seen, self._MAX_SEEN
         dropped = False
         for index, event in enumerate(events):
-            if event[0] is METRICS and event[2] is not None:
-                keys = tuple(event[1])
-                step = event[2]
-                if seen.get(keys, -1) < step:
-                    if len(seen) >= fold_at and keys not in seen:
-                        self._fold()
-                    seen[keys] = step
-            elif event[0] is METRICS:
-                events[index] = self._assign(event)
-            else:
+            kind = event[0]
+            if kind is not SCALARS and kind is not METRICS:
                 events[index] = prepared = other(event)
                 dropped |= prepared is None
+                continue
+            step = event[3] if kind is SCALARS else event[2]
+            if step is None:
+                events[index] = self._assign(event)
+                continue
+            keys = event[1] if kind is SCALARS else tuple(event[1])
+            if seen.get(keys, -1) < step:
+                if len(seen) >= fold_at and keys not in seen:
+                    self._fold()
+                seen[keys] = step
         return [event for event in events if event is not None] if dropped else events
 
     def resolve(self, event: tuple) -> tuple:
-        """One METRICS event with its step (a step=None event gets one)."""
+        """One metrics event with its step (a step=None event gets one)."""
         return self.resolve_all([event], _unexpected)[0]
 
     def _assign(self, event: tuple) -> tuple:
-        _, values, _, ts = event
         self._fold()
         nxt = self._next
-        step = max((nxt.get(k, 0) for k in values), default=0)
-        for key in values:
+        keys = event[1] if event[0] is SCALARS else tuple(event[1])
+        step = max((nxt.get(k, 0) for k in keys), default=0)
+        for key in keys:
             nxt[key] = step + 1
-        return (METRICS, values, step, ts)
+        if event[0] is SCALARS:
+            return (SCALARS, event[1], event[2], step, event[4])
+        return (METRICS, event[1], step, event[3])
 
     def _fold(self) -> None:
         nxt = self._next
@@ -79,4 +83,4 @@ class StepResolver:
 
 
 def _unexpected(event: tuple) -> tuple:
-    raise TypeError(f"StepResolver.resolve takes METRICS events, got {event[0]!r}")
+    raise TypeError(f"StepResolver.resolve takes metrics events, got {event[0]!r}")

@@ -5,7 +5,7 @@ capture the value as it is now, and append one event to the queue (async mode) o
 journal and the sinks inline (sync mode). Lifecycle calls (`start_run`, `flush`, `end_run`) also
 run on the caller's thread; they drive the active run's parts (`tracking.active_run`).
 
-The hot path is kept flat on purpose: `log_metric` is a few type checks, a dict, a tuple and
+The hot path is kept flat on purpose: `log_metric` is a few type checks, three tuples and
 `deque.append`. Journaling happens on the writer thread; everything else (sinks, encoding,
 retries, catching up) in the delivery agent, another process.
 """
@@ -52,11 +52,11 @@ from .events import (
     EXPERIMENT,
     FIGURE,
     MAX_STEP,
-    METRICS,
     METRICS_DEFERRED,
     MODEL,
     PARAMS,
     PNG_SIGNATURE,
+    SCALARS,
     TAG,
     CudaScalar,
     capture_metrics,
@@ -394,7 +394,7 @@ class Tracker:
             if type(value) is CudaScalar:
                 self._emit((METRICS_DEFERRED, {key: value}, step, _time()))
                 return
-        self._emit((METRICS, {key: value}, step, _time()))
+        self._emit((SCALARS, (key,), (value,), step, _time()))
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log several metrics at one step; they travel as one event."""
@@ -402,9 +402,13 @@ class Tracker:
             raise TypeError(f"metrics must be a dict of name -> number, got {type(metrics).__name__}")
         if step is not None and (type(step) is not int or not 0 <= step <= MAX_STEP):
             step = check_step(step)
-        kind, values = capture_metrics(metrics)
-        if values:
-            self._emit((kind, values, step, _time()))
+        kind, keys, values = capture_metrics(metrics)
+        if not keys:
+            return
+        if kind is SCALARS:
+            self._emit((SCALARS, keys, values, step, _time()))
+        else:
+            self._emit((METRICS_DEFERRED, dict(zip(keys, values)), step, _time()))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log hyperparameters; they update `config.json` and become MLflow params."""

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import orjson
 
 from ..errors import InvalidNameError
-from ..events import ARTIFACT, EVENT_TYPES, FIGURE, KINDS, METRICS, MODEL, Metrics, SinkEvent, check_name
+from ..events import ARTIFACT, EVENT_TYPES, FIGURE, KINDS, METRICS, MODEL, SCALARS, Metrics, SinkEvent, check_name
 from ..rundir import JOURNAL_FILE
 
 __all__ = ["JournalReader", "JournalContents", "read_journal", "DEFAULT_CHUNK_EVENTS"]
@@ -315,9 +315,9 @@ class JournalReader:
         out = None
         if finite and b'["figure",' not in line and b'["artifact",' not in line:
             try:  # the common line, metrics (and params, tags) only: no call per event
-                out = [_new(Metrics, (METRICS, raw[1], raw[2], raw[3])) if raw[0] == METRICS
-                       else self._decode_event(raw, True) for raw in events]
-            except (TypeError, IndexError, KeyError):
+                out = [_new(Metrics, (METRICS, dict(zip(raw[1], raw[2])), raw[3], raw[4]))
+                       if raw[0] == SCALARS else self._decode_event(raw, True) for raw in events]
+            except (TypeError, IndexError, KeyError, ValueError):
                 out = None  # something malformed: event by event, so only it is lost
         if out is None:
             out = [self._decode_event(raw, finite) for raw in events]
@@ -332,6 +332,11 @@ class JournalReader:
     def _decode_event(self, raw: Any, finite: bool) -> SinkEvent | None:
         try:
             kind = raw[0]
+            if kind == SCALARS:
+                _, keys, values, step, ts = raw
+                if not finite:
+                    values = [float(v) if type(v) is str else v for v in values]
+                return _new(Metrics, (METRICS, dict(zip(keys, values)), step, ts))
             if kind == METRICS:
                 values = raw[1]
                 if not finite:

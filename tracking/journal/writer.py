@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import orjson
 
-from ..events import ARTIFACT, FIGURE, METRICS, MODEL, is_finite_all
+from ..events import ARTIFACT, FIGURE, METRICS, MODEL, SCALARS, is_finite_all
 from ..rundir import JOURNAL_FILE, json_default
 
 __all__ = ["JournalWriter"]
@@ -152,7 +152,13 @@ class JournalWriter:
 
 
 def _finite(event: tuple) -> tuple:
+    """The event with NaN and ±inf as the strings the reader turns back into floats."""
+    if event[0] is SCALARS and not is_finite_all(event[2]):
+        return (SCALARS, event[1], tuple(_finite_value(v) for v in event[2]), event[3], event[4])
     if event[0] is METRICS and not is_finite_all(event[1]):
-        values = {k: (v if v == v and v not in _NONFINITE else _NONFINITE.get(v, "NaN")) for k, v in event[1].items()}
-        return (METRICS, values, event[2], event[3])
+        return (METRICS, {k: _finite_value(v) for k, v in event[1].items()}, event[2], event[3])
     return event
+
+
+def _finite_value(value: float) -> float | str:
+    return value if value == value and value not in _NONFINITE else _NONFINITE.get(value, "NaN")
