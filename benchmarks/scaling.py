@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from tracking import Tracker
-from tracking.events import METRICS
+from tracking.events import SCALARS
 from tracking.queue import event_bytes
 
 from .harness import cpu_delta, descendants_cpu, interleave, median
@@ -204,8 +204,9 @@ def _rss_growth(base: Path, kind: str, n: int) -> float:
 
 def _estimates() -> dict[str, int]:
     """What `tracking.queue.event_bytes` says, on events shaped as the log calls build them."""
-    return {"1-key log_metric": event_bytes((METRICS, {"loss": 7.5}, 7, time.time())),
-            "10-key log_metrics": event_bytes((METRICS, {k: 7.5 + i for i, k in enumerate(KEYS10)}, 7, time.time()))}
+    return {"1-key log_metric": event_bytes((SCALARS, ("loss",), (7.5,), 7, time.time())),
+            "10-key log_metrics": event_bytes((SCALARS, tuple(KEYS10), tuple(7.5 + i for i in range(10)), 7,
+                                               time.time()))}
 
 
 def _queued_memory(base: Path, n: int, repeats: int) -> dict[str, dict[str, float]]:

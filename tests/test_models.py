@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import mlflow
@@ -16,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from helpers.nets import Net, train_a_step
 from tracking import DualTracker, LocalTracker, MLflowTracker, ModelInfo
-from tracking.errors import InvalidModelError, InvalidNameError
+from tracking.errors import InvalidModelError, InvalidNameError, RunIdPendingError
 from tracking.events import MODEL, Model
 from tracking.journal import JournalReader
 from tracking.sinks import RunContext
@@ -216,3 +218,33 @@ def test_replay_delivers_a_logged_model_from_the_journal(tmp_path, uri):
     assert replay.returncode == 0, replay.stderr
     assert "replayed 1 events to mlflow" in replay.stdout + replay.stderr
     assert torch.allclose(_load(uri, "models:/replayed-net/1")(x), expected)
+
+
+def test_a_logged_model_is_never_written_into(tmp_path):
+    tracker = LocalTracker(base_dir=tmp_path / "runs")
+    tracker.start_run("nested")
+    info = tracker.log_model(Net())
+    other = tmp_path / "notes.txt"
+    other.write_text("x")
+    with pytest.raises(InvalidNameError, match="inside the model logged at 'model'"):
+        tracker.log_model(Net(), artifact_path="model/sub")
+    with pytest.raises(InvalidNameError, match="would change the model logged at 'model'"):
+        tracker.log_artifact(other, "model/MLmodel")
+    tracker.log_artifact(other, "model-notes/notes.txt")  # beside it is fine
+    tracker.end_run()
+    assert sorted(p.name for p in info.local_path.iterdir()) == sorted(
+        ["MLmodel", "conda.yaml", "data", "python_env.yaml", "requirements.txt"])
+
+
+def test_get_run_id_gives_up_at_its_deadline_while_mlflow_is_unreachable(tmp_path):
+    with socket.socket() as probe:  # a port on 127.0.0.1 that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    tracker = MLflowTracker(tracking_uri=f"http://127.0.0.1:{port}", base_dir=tmp_path / "runs",
+                            end_timeout_s=1.0)
+    tracker.start_run("down")
+    started = time.monotonic()
+    with pytest.raises(RunIdPendingError, match="MLflow has no run for"):
+        tracker.get_run_id(timeout_s=2.0)
+    assert 2.0 <= time.monotonic() - started < 10.0
+    tracker.end_run()

@@ -137,11 +137,10 @@ def capture_metrics(metrics: Mapping[str, Any]) -> tuple[str, tuple[str, ...], t
     `coerce_value`): a CPU 0-d tensor (the trainer's case) is read with one `item()`. The kind is
     METRICS_DEFERRED if a value is a CUDA snapshot, else SCALARS.
     """
-    if type(metrics) is dict:
-        keys, values = tuple(metrics), tuple(metrics.values())
-    else:
+    if type(metrics) is not dict:  # another Mapping: key by key (its keys may not even hash)
         items = tuple(metrics.items())
-        keys, values = tuple(k for k, _ in items), tuple(v for _, v in items)
+        return _capture_each(tuple(k for k, _ in items), tuple(v for _, v in items))
+    keys, values = tuple(metrics), tuple(metrics.values())
     if _ONLY_FLOAT.issuperset(map(type, values)) and (keys in _KNOWN_KEYS or _learn_keys(keys)):
         return SCALARS, keys, values
     return _capture_each(keys, values)

@@ -28,13 +28,14 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidModelError
+from .errors import InvalidModelError, InvalidNameError
 
-__all__ = ["ModelInfo", "check_model", "save_model_folder", "PICKLE", "PT2", "TORCH_SAVE"]
+__all__ = ["ModelInfo", "check_model", "save_model_folder", "model_folder_above", "PICKLE", "PT2", "TORCH_SAVE"]
 
 _logger = logging.getLogger(__name__)
 
@@ -42,6 +43,10 @@ _logger = logging.getLogger(__name__)
 PICKLE, PT2, TORCH_SAVE = "pickle", "pt2", "torch.save"
 #: the most folders tried for one artifact_path (`model`, `model-2`, ...)
 _MAX_SUFFIX = 10_000
+#: what a saved model's folder holds (an MLflow Model's MLmodel; `torch.save`'s pair)
+_MARKERS = ("MLmodel", "state_dict.pth")
+#: two log_model calls of this process never pick one folder (os.rename takes an empty one)
+_placing = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -73,13 +78,25 @@ def check_model(model: Any) -> None:
         )
 
 
+def model_folder_above(artifacts_dir: Path, name: str) -> str | None:
+    """The artifact path of a saved model that `name` would fall inside, if there is one."""
+    parts = name.replace("\\", "/").split("/")
+    for depth in range(1, len(parts)):
+        above = "/".join(parts[:depth])
+        if any((artifacts_dir / above / marker).is_file() for marker in _MARKERS):
+            return above
+    return None
+
+
 def save_model_folder(model: Any, artifacts_dir: Path, artifact_path: str,
                       input_example: Any = None) -> tuple[str, Path, str]:
     """Save `model` under `artifacts_dir`; returns (artifact_path used, its folder, format).
 
     The folder appears whole or not at all: the model is written to a temporary folder beside it,
-    then renamed into place.
+    then renamed into place. A saved model is never written into: an `artifact_path` inside
+    another model's folder raises InvalidNameError.
     """
+    _refuse_inside_a_model(artifacts_dir, artifact_path)
     artifacts_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".model-", suffix=".partial", dir=artifacts_dir))
     try:
@@ -89,10 +106,19 @@ def save_model_folder(model: Any, artifacts_dir: Path, artifact_path: str,
             fmt = _save_mlflow_model(mlflow_pytorch, model, content, input_example)
         else:
             fmt = _save_torch(model, content, input_example)
-        used, folder = _move_into_place(content, artifacts_dir, artifact_path)
+        with _placing:
+            _refuse_inside_a_model(artifacts_dir, artifact_path)
+            used, folder = _move_into_place(content, artifacts_dir, artifact_path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return used, folder, fmt
+
+
+def _refuse_inside_a_model(artifacts_dir: Path, artifact_path: str) -> None:
+    above = model_folder_above(artifacts_dir, artifact_path)
+    if above is not None:
+        raise InvalidNameError(f"log_model: artifact_path {artifact_path!r} is inside the model logged at "
+                               f"{above!r}; use a path beside it (e.g. {above + '-best'!r})")
 
 
 def _import_mlflow_pytorch() -> Any:
@@ -173,7 +199,10 @@ def _move_into_place(content: Path, artifacts_dir: Path, artifact_path: str) -> 
 def _cannot_save(model: Any, fmt: str, exc: Exception) -> str:
     name = type(model).__name__
     reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-    if fmt == PT2:
+    if fmt == PT2 and any(p.device.type != "cpu" for p in model.parameters()):
+        hint = ("MLflow exports the pt2 format with the input_example on the CPU: log a CPU copy of "
+                "the model (copy.deepcopy(model).cpu()), or call log_model without an input_example")
+    elif fmt == PT2:
         hint = ("MLflow's pt2 format (torch.export) could not save it with that input_example; pass "
                 "what forward() takes as a tensor or numpy array, or call log_model without one to pickle it")
     else:

@@ -67,7 +67,7 @@ from .events import (
     coerce_value,
     copy_params,
 )
-from .models import ModelInfo, check_model, save_model_folder
+from .models import ModelInfo, check_model, model_folder_above, save_model_folder
 from .queue import BLOCK, POLICIES
 from .redact import DEFAULT_SECRET_KEY_PATTERNS
 from .rundir import ARTIFACTS_DIR, base_meta, create_run_dir, finish_meta, new_run_id, write_meta
@@ -87,8 +87,9 @@ _time = time.time
 _FIGURE_SUFFIX_BYTES = 12
 _SNAPSHOT_SUFFIX_BYTES = 24
 _MODEL_SUFFIX_BYTES = 6  # "-9999": a second model at one artifact_path
-#: the sink whose run id `get_run_id()` reports
+#: the sink whose run id `get_run_id()` reports, and how often it looks while the sink opens
 _MLFLOW_SINK = "mlflow"
+_RUN_ID_POLL_S = 0.05
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
@@ -436,6 +437,10 @@ class Tracker:
             )
         name = check_name(artifact_name if artifact_name is not None else source.name, "artifact_name",
                           reserve_bytes=_SNAPSHOT_SUFFIX_BYTES)
+        above = model_folder_above(run_dir / ARTIFACTS_DIR, name)
+        if above is not None:
+            raise InvalidNameError(f"log_artifact: {name!r} would change the model logged at {above!r}; "
+                                   "use a name outside its folder")
         destination = run_dir / ARTIFACTS_DIR / name
         try:
             snapshot_file(source, destination)
@@ -487,17 +492,19 @@ class Tracker:
         return ModelInfo(uri, folder, used, registered_model_name, fmt)
 
     def get_run_id(self, timeout_s: float | None = None) -> str | None:
-        """The MLflow run id where this tracker sends to MLflow, else ours (`run_id`); None before a run.
+        """The MLflow run id where this tracker has a sink named "mlflow", else ours (`run_id`);
+        None before a run.
 
         The delivery agent creates the MLflow run shortly after `start_run`; until it has, this
-        waits (a `flush`, at most `timeout_s`, default `flush_timeout_s`) and raises
-        RunIdPendingError if MLflow still has no run by then (e.g. its server is down).
+        waits (at most `timeout_s`, default `flush_timeout_s`) and raises RunIdPendingError if
+        MLflow still has no run by then (e.g. its server is down).
         """
         if self.run_id is None or all(sink.name != _MLFLOW_SINK for sink in self.sinks):
             return self.run_id
+        deadline = time.monotonic() + (self.flush_timeout_s if timeout_s is None else timeout_s)
         known = self._mlflow_run_id()
-        if known is None:
-            self.flush(timeout_s)
+        while known is None and time.monotonic() < deadline:
+            time.sleep(_RUN_ID_POLL_S)
             known = self._mlflow_run_id()
         if known is None:
             stats = self.stats()

@@ -37,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the default gen-0 threshold (700) the collector ran every ~70 events and took about half of
     # the journal's decoding time (3.6 vs 6.1 µs an event measured on a 300,000-event journal).
     gc.set_threshold(50_000, 20, 100)
+    # What is imported by now lives as long as the agent: the collections need not walk it (a
+    # 300,000-event journal decoded 10 % faster with the heap of mlflow and torch imports frozen).
+    gc.freeze()
     sock = socket.socket(fileno=args.fd)
     agent = Agent(sock, args.wake_fd, parent_pid=args.parent_pid)
     _forward_logs(agent)

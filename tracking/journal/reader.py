@@ -315,7 +315,10 @@ class JournalReader:
         out = None
         if finite and b'["figure",' not in line and b'["artifact",' not in line:
             try:  # the common line, metrics (and params, tags) only: no call per event
-                out = [_new(Metrics, (METRICS, dict(zip(raw[1], raw[2])), raw[3], raw[4]))
+                # A 1-key event (log_metric) is the common one: a dict display costs half a zip.
+                # (zip stops at the shorter of keys and values: only a hand-edited journal has those.)
+                out = [_new(Metrics, (METRICS, {raw[1][0]: raw[2][0]} if len(raw[1]) == 1
+                                      else dict(zip(raw[1], raw[2])), raw[3], raw[4]))
                        if raw[0] == SCALARS else self._decode_event(raw, True) for raw in events]
             except (TypeError, IndexError, KeyError, ValueError):
                 out = None  # something malformed: event by event, so only it is lost
@@ -334,6 +337,8 @@ class JournalReader:
             kind = raw[0]
             if kind == SCALARS:
                 _, keys, values, step, ts = raw
+                if len(keys) != len(values):
+                    return None
                 if not finite:
                     values = [float(v) if type(v) is str else v for v in values]
                 return _new(Metrics, (METRICS, dict(zip(keys, values)), step, ts))

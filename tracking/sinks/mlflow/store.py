@@ -20,6 +20,9 @@ from typing import Any
 
 from .encode import TAG_RUN_ID
 
+#: the tag on a registry version we made: the model's artifact path in its run
+TAG_MODEL_PATH = "tracking.artifact_path"
+
 # Private to the package: the backends and the helper process use these.
 __all__ = ["_Store", "_describe_error"]
 
@@ -164,7 +167,11 @@ class _Store:
                          run_id, artifact_path)
 
     def _register(self, run_id: str, artifact_path: str, name: str) -> str:
-        """The version of `name` made from this run's `artifact_path`: the existing one, else a new one."""
+        """The version of `name` made from this run's `artifact_path`: the existing one, else a new one.
+
+        A version we make carries the tag `TAG_MODEL_PATH`, so a retry or a resumed delivery finds
+        it also where the registry rewrites a version's source.
+        """
         from mlflow.exceptions import MlflowException
 
         source = f"runs:/{run_id}/{artifact_path}"
@@ -173,11 +180,13 @@ class _Store:
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-            if "'" not in name and "\\" not in name:  # else not expressible in the filter syntax
-                for version in self._client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
-                    if version.source == source:  # a retry, or a resumed delivery: made already
-                        return version.version
-        return self._client.create_model_version(name, source, run_id=run_id).version
+            # run ids are hex: safe to quote; the name is compared here, not in the filter
+            for version in self._client.search_model_versions(f"run_id = '{run_id}'"):
+                if version.name == name and (version.source == source
+                                             or (version.tags or {}).get(TAG_MODEL_PATH) == artifact_path):
+                    return version.version  # made already
+        return self._client.create_model_version(name, source, run_id=run_id,
+                                                 tags={TAG_MODEL_PATH: artifact_path}).version
 
     def _op_terminate(self, run_id: str, status: str, end_ms: int) -> None:
         self._client.set_terminated(run_id, status, end_time=end_ms)
