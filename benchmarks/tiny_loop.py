@@ -351,7 +351,7 @@ def _logging_chunk(step: Callable, case: Any, first: int, n: int) -> tuple[float
     case.loop(step, first, n)
     ran, cap = n, n + MAX_TRAILING_STEPS
     while ran < cap and not caught_up():
-        for _ in range(CHECK_EVERY_STEPS):  # the check itself costs ours ~6 µs (stats()), a floor nothing
+        for _ in range(min(CHECK_EVERY_STEPS, cap - ran)):  # the check costs ours ~6 µs (stats()), a floor nothing
             step(ran)
             ran += 1
     return time.perf_counter() - wall, time.process_time() - cpu, ran
