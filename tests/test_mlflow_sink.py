@@ -145,6 +145,43 @@ def test_sqlite_artifacts_go_next_to_the_database(tmp_path):
     assert (tmp_path / "store" / "artifacts").is_dir() and not (tmp_path / "mlruns").exists()
 
 
+_OPEN_AT_ONCE = """
+import os, sys, time
+sys.path[:0] = {path!r}
+from test_mlflow_sink import make_run, metric_events
+from tracking.sinks.mlflow import MLflowSink
+from pathlib import Path
+while not os.path.exists({go!r}):  # every process has imported MLflow: start together
+    time.sleep(0.005)
+sink = MLflowSink({uri!r}, process=False)
+run = make_run(Path({tmp!r}), sys.argv[1])
+facts = sink.open(run)
+sink.write(metric_events(["loss"], range(3)))
+sink.close("FINISHED")
+print(facts["mlflow_run_id"])
+"""
+
+
+def test_processes_starting_on_one_new_sqlite_database_at_once_all_get_it(tmp_path):
+    """Ranks of one job, parallel runs, or an agent replaced while its helper was still creating
+    the database: MLflow's migrations, run by several processes at once, broke each other (2 or 3
+    of 3 processes failed) until the sink took turns on a lock."""
+    import subprocess
+    import sys
+
+    uri, go = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}", tmp_path / "go"
+    code = _OPEN_AT_ONCE.format(path=[str(Path(__file__).parent), *sys.path], go=str(go), uri=uri, tmp=str(tmp_path))
+    procs = [subprocess.Popen([sys.executable, "-c", code, f"rank{i}"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(3)]
+    time.sleep(3)  # importing MLflow takes ~1-2 s
+    go.touch()
+    results = [proc.communicate(timeout=120) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], [err[-600:] for _, err in results]
+    client = MlflowClient(uri)
+    for out, _ in results:
+        assert [s for s, _, _ in history(client, out.strip(), "loss")] == [0, 1, 2]
+
+
 def test_the_default_uri_is_a_sqlite_file_under_artifacts_mlruns(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     sink = MLflowSink()

@@ -19,7 +19,7 @@ from tracking.sinks.json_sink import JsonSink
 from tracking.journal import read_journal
 from tracking.rundir import read_meta
 
-from helpers.sinks import FailingSink, GateSink, RecordingSink
+from helpers.sinks import FailingOpenSink, FailingSink, GateSink, RecordingSink
 
 MODES = ["async", "sync"]
 
@@ -492,6 +492,25 @@ def test_a_sink_that_gives_up_at_open_does_not_stop_the_others(make_tracker):
     report = tracker.end_run(timeout_s=10)
     assert len(good.events) == 100 and report.sinks["good"]["undelivered"] == 0
     assert report.sinks["refuses"]["undelivered"] == 100 and "no credentials" in report.sinks["refuses"]["last_error"]
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_a_sink_whose_open_fails_is_opened_again_and_gets_every_event_once(make_tracker, mode):
+    """A transient failure in open() (a database another process is still creating) is retried as
+    an open: the sink is never written to before it opened, and catches up from the journal."""
+    from tracking import RetryPolicy
+
+    sink = FailingOpenSink(failures=2)
+    tracker = make_tracker([sink], mode=mode, retry=RetryPolicy(initial_s=0.01, max_s=0.05))
+    tracker.start_run()
+    for i in range(300):
+        tracker.log_metric("x", float(i), step=i)
+    assert tracker.flush(timeout_s=20)
+    report = tracker.end_run(timeout_s=20)
+    assert report.complete, report.summary()
+    assert sink.open_attempts == 3 and sink.calls.count("open") == 1
+    assert [ev[2] for ev in sink.events] == list(range(300)) and sink.statuses == ["FINISHED"]
+    assert report.sinks["failing_open"]["errors"] == 2
 
 
 def test_flush_right_after_start_waits_for_the_sinks_to_open(make_tracker):

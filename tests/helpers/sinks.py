@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from tracking.sinks.base import RunContext
 
-__all__ = ["RecordingSink", "FailingSink", "GateSink", "SlowSink"]
+__all__ = ["RecordingSink", "FailingSink", "FailingOpenSink", "GateSink", "SlowSink"]
 
 
 class RecordingSink:
@@ -60,6 +60,27 @@ class FailingSink(RecordingSink):
         self.attempts += 1
         if self.failing:
             raise OSError("simulated sink failure")
+        super().write(events)
+
+
+class FailingOpenSink(RecordingSink):
+    """Raises from open() the first `failures` times: a store that is not ready yet (a database
+    another process is still creating, a server starting)."""
+
+    def __init__(self, name: str = "failing_open", failures: int = 2) -> None:
+        super().__init__(name)
+        self.failures = failures
+        self.open_attempts = 0
+
+    def open(self, run: RunContext) -> Mapping[str, Any] | None:
+        self.open_attempts += 1
+        if self.open_attempts <= self.failures:
+            raise OSError("simulated store not ready")
+        return super().open(run)
+
+    def write(self, events: Sequence[tuple]) -> None:
+        if "open" not in self.calls:
+            raise AssertionError("write() before a successful open()")
         super().write(events)
 
 

@@ -63,7 +63,7 @@ class SlotState(enum.Enum):
 
     NEW = "new"  #: not opened yet
     OPEN = "open"  #: opened, and the last call succeeded
-    FAILING = "failing"  #: the last call failed; it is retried at `retry_at`
+    FAILING = "failing"  #: the last call failed (`open` too: see `SinkSlot.opened`); retried at `retry_at`
     GAVE_UP = "gave up"  #: nothing more is sent this run; the journal keeps the rest
     CLOSED = "closed"  #: closed with the run's status: every event up to the cursor is durable
 
@@ -125,6 +125,7 @@ class SinkSlot:
         self._retry = retry
         self._store = store
         self.state = SlotState.NEW
+        self.opened = False  #: open() succeeded; a driver opens (or re-opens after a failed open) first
         self.delivered_seq = 0  #: every event up to this seq was handed to the sink (or rejected, or lost)
         self.committed_seq = 0  #: every event up to this seq is durable in the sink
         self.delivered = 0  #: events the sink accepted
@@ -243,6 +244,7 @@ class SinkSlot:
         if outcome is Outcome.DELIVERED:
             self.facts.update(facts or {})
             self.state = SlotState.OPEN
+            self.opened = True
             self._save()
         return outcome
 

@@ -19,7 +19,7 @@ from ..journal import JournalReader
 from ..run_journal import RunJournal
 from ..sinks.base import RunContext, Sink
 from .cursors import DeliveryStore
-from .engine import Outcome, RetryPolicy, SinkSlot, SlotState
+from .engine import Outcome, RetryPolicy, SinkSlot
 
 __all__ = ["InlineDelivery"]
 
@@ -93,7 +93,7 @@ class InlineDelivery:
 
     def _caught_up(self, slot: SinkSlot, upto: int, deadline: float | None) -> bool:
         """Open the sink if it is not, and bring it to `upto` from the journal; False if it can't now."""
-        if slot.state is SlotState.NEW and slot.open() is not Outcome.DELIVERED:
+        if not slot.opened and slot.open() is not Outcome.DELIVERED:  # new, or its open failed
             return False
         while slot.delivered_seq < upto:
             if slot.done or not slot.ready() or (deadline is not None and time.monotonic() >= deadline):

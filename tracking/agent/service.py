@@ -201,7 +201,7 @@ class RunService:
             with anyio.move_on_after(slot.retry_at - now):
                 await self._changed_or_never()
             return True
-        if slot.state is SlotState.NEW:
+        if not slot.opened:  # a new slot, or one whose open failed: nothing else before it
             await self._call(slot, slot.open, in_thread=True)
             self._send_progress(force=True)  # the sink's facts (the MLflow run id) for get_run_id()
             return True

@@ -53,9 +53,13 @@ def _helper_main(fd: int) -> None:
         store = _Store(config["uri"], config["kind"], config["artifact_location"], config["display_uri"])
         reply: tuple = ("ok", os.getpid())
     except BaseException as exc:
-        send_msg(sock, ("err", *_describe_error(exc)))
+        reply = ("err", *_describe_error(exc))
+    try:
+        send_msg(sock, reply)
+    except OSError:
+        return  # the sink gave up waiting, or its process died (a killed agent): nobody to answer
+    if reply[0] == "err":
         return
-    send_msg(sock, reply)
     while True:
         try:
             message = recv_msg(sock)

@@ -11,12 +11,15 @@ to upload is missing) is permanent; anything else is transient. The backends rai
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .encode import TAG_RUN_ID
 
@@ -27,6 +30,9 @@ TAG_MODEL_PATH = "tracking.artifact_path"
 __all__ = ["_Store", "_describe_error"]
 
 _logger = logging.getLogger(__name__)
+
+#: how long a process waits for another one to finish creating a new sqlite database's tables
+SQLITE_INIT_LOCK_TIMEOUT_S = 120.0
 
 #: MLflow error codes that mean "this request will never be accepted"; any other error is transient
 _PERMANENT_CODES = frozenset({
@@ -50,8 +56,11 @@ class _Store:
         from mlflow.tracking import MlflowClient
 
         if kind == "sqlite":
-            _prepare_sqlite(uri, artifact_location)
-        self._client = MlflowClient(uri)
+            with _sqlite_init_lock(_sqlite_path(uri)):  # one process at a time creates the tables
+                _prepare_sqlite(uri, artifact_location)
+                self._client = MlflowClient(uri)  # builds the store: creates or checks the tables
+        else:
+            self._client = MlflowClient(uri)
         self._artifact_location = artifact_location
         self._display_uri = display_uri
         self._experiments: dict[str, str] = {}
@@ -192,14 +201,50 @@ class _Store:
         self._client.set_terminated(run_id, status, end_time=end_ms)
 
 
+def _sqlite_path(uri: str) -> Path:
+    return Path(uri[len("sqlite:///"):].partition("?")[0])
+
+
+@contextlib.contextmanager
+def _sqlite_init_lock(db_path: Path, timeout_s: float = SQLITE_INIT_LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold an exclusive lock on ``<db>.lock`` (next to the database) while MLflow sets it up.
+
+    MLflow creates a new database's tables by running its ~60 migrations, each checked against the
+    version row the last one wrote. Two processes doing it at once (ranks of one job, parallel runs,
+    a delivery agent replaced while its helper was still creating the database) break each other:
+    with 3 processes starting on one new database, 2 or 3 of them failed ("Online migration
+    expected to match one row ... 0 found", "Circular dependency detected"). The lock makes them
+    take turns: the first creates the tables, the others find them. flock is released by the
+    kernel when its holder dies, so a killed process never leaves the lock held.
+    """
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = db_path.with_name(db_path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"another process has been setting up the MLflow database {db_path} for over "
+                        f"{timeout_s:g} s (it holds {lock_path}); open is retried. If it is stuck, stop it"
+                    ) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _prepare_sqlite(uri: str, artifact_location: str | None) -> None:
-    """Create the database's folder, and a new database with its artifact root next to it.
+    """Create a new database with its artifact root next to it (under `_sqlite_init_lock`).
 
     MLflow puts the Default experiment's artifacts under ./mlruns of whichever directory the first
     client happened to run in; creating the database here pins them next to the database.
     """
-    db_path = Path(uri[len("sqlite:///"):].partition("?")[0])
-    db_path.parent.mkdir(parents=True, exist_ok=True)
+    db_path = _sqlite_path(uri)
     if db_path.exists() or artifact_location is None:
         return
     try:
