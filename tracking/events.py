@@ -2,7 +2,10 @@
 
 Built on the caller's thread by the functions here (validation and value capture only: no I/O, no
 serialisation, no device synchronisation); prepared on the writer thread (`tracking.run_journal`)
-and read by the delivery agent and sinks.
+and read by the delivery agent and sinks. A log call's event comes from `scalar_event` /
+`scalars_event`: the C fast path (`tracking/_capture.c`) for plain calls (a str key, float or CPU
+0-d tensor values, an int step), and `metric_event` / `metrics_event`, the Python path with every
+check and error, for the rest (and for every call where the C module was not built).
 
 On the caller's side an event is a plain tuple whose first item names its kind, its time last.
 Plain tuples cost about half what a NamedTuple costs to build, and building one is most of what a
@@ -39,9 +42,13 @@ import numbers
 import operator
 import os
 import sys
+import time
 from typing import Any, Mapping, NamedTuple, Union
 
 from .errors import InvalidKeyError, InvalidMetricError, InvalidNameError, InvalidParamError, InvalidStepError
+
+#: the clock of every event (what the C fast path reads too)
+_time = time.time
 
 __all__ = [
     "SCALARS",
@@ -55,6 +62,10 @@ __all__ = [
     "MODEL",
     "KINDS",
     "PNG_SIGNATURE",
+    "scalar_event",
+    "scalars_event",
+    "metric_event",
+    "metrics_event",
     "coerce_value",
     "capture_metrics",
     "check_key",
@@ -128,6 +139,37 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {text}"
 
 
+def metric_event(key: Any, value: Any, step: Any) -> tuple:
+    """The event of a `log_metric` call, the Python way: every check, and the error that says what to fix.
+
+    Called on the caller's thread for what `scalar_event` (the C fast path) did not take: a
+    numpy scalar, an int, a CUDA tensor, a bad argument; for every call where the C module was not built.
+    """
+    if type(key) is not str or not key or not key.isascii():
+        check_key(key)
+    if step is not None and (type(step) is not int or not 0 <= step <= MAX_STEP):
+        step = check_step(step)
+    if type(value) is not float:
+        value = coerce_value(key, value)
+        if type(value) is CudaScalar:
+            return (METRICS_DEFERRED, {key: value}, step, _time())
+    return (SCALARS, (key,), (value,), step, _time())
+
+
+def metrics_event(metrics: Any, step: Any) -> tuple | None:
+    """The event of a `log_metrics` call the Python way (see `metric_event`); None for no metrics."""
+    if type(metrics) is not dict and not isinstance(metrics, Mapping):
+        raise TypeError(f"metrics must be a dict of name -> number, got {type(metrics).__name__}")
+    if step is not None and (type(step) is not int or not 0 <= step <= MAX_STEP):
+        step = check_step(step)
+    kind, keys, values = capture_metrics(metrics)
+    if not keys:
+        return None
+    if kind is SCALARS:
+        return (SCALARS, keys, values, step, _time())
+    return (METRICS_DEFERRED, dict(zip(keys, values)), step, _time())
+
+
 def capture_metrics(metrics: Mapping[str, Any]) -> tuple[str, tuple[str, ...], tuple[Any, ...]]:
     """`(kind, keys, values)` for a `log_metrics` call: every value captured as it is now.
 
@@ -151,6 +193,13 @@ _ONLY_FLOAT = frozenset({float})
 #: key tuples that passed `check_key`: a loop logs the same few sets every step
 _KNOWN_KEYS: set[tuple[str, ...]] = set()
 _MAX_KNOWN_KEYS = 4096
+
+try:  # the C fast path (tracking/_capture.c): the same events for plain calls, None for the rest
+    from ._capture import configure as _configure_capture, scalar_event, scalars_event
+except ImportError:  # not built (no compiler at install): the Python path takes every call
+    scalar_event, scalars_event = metric_event, metrics_event
+else:
+    _configure_capture(SCALARS, _KNOWN_KEYS)
 
 
 def _learn_keys(keys: tuple[Any, ...]) -> bool:

@@ -51,21 +51,18 @@ from .events import (
     ARTIFACT,
     EXPERIMENT,
     FIGURE,
-    MAX_STEP,
-    METRICS_DEFERRED,
     MODEL,
     PARAMS,
     PNG_SIGNATURE,
-    SCALARS,
     TAG,
-    CudaScalar,
-    capture_metrics,
     check_key,
     check_name,
-    check_step,
     check_text,
-    coerce_value,
     copy_params,
+    metric_event,
+    metrics_event,
+    scalar_event,
+    scalars_event,
 )
 from .models import ModelInfo, check_model, model_folder_above, save_model_folder
 from .queue import BLOCK, POLICIES
@@ -386,30 +383,15 @@ class Tracker:
 
     def log_metric(self, key: str, value: Any, step: int | None = None) -> None:
         """Log one metric value (int, float, numpy scalar or 0-d tensor) at `step`."""
-        if type(key) is not str or not key or not key.isascii():
-            check_key(key)
-        if step is not None and (type(step) is not int or not 0 <= step <= MAX_STEP):
-            step = check_step(step)
-        if type(value) is not float:
-            value = coerce_value(key, value)
-            if type(value) is CudaScalar:
-                self._emit((METRICS_DEFERRED, {key: value}, step, _time()))
-                return
-        self._emit((SCALARS, (key,), (value,), step, _time()))
+        # C takes a plain call (a str key, a float or CPU tensor value, an int step); the Python
+        # path every other call, with the checks that raise.
+        self._emit(scalar_event(key, value, step) or metric_event(key, value, step))
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log several metrics at one step; they travel as one event."""
-        if type(metrics) is not dict and not isinstance(metrics, Mapping):
-            raise TypeError(f"metrics must be a dict of name -> number, got {type(metrics).__name__}")
-        if step is not None and (type(step) is not int or not 0 <= step <= MAX_STEP):
-            step = check_step(step)
-        kind, keys, values = capture_metrics(metrics)
-        if not keys:
-            return
-        if kind is SCALARS:
-            self._emit((SCALARS, keys, values, step, _time()))
-        else:
-            self._emit((METRICS_DEFERRED, dict(zip(keys, values)), step, _time()))
+        event = scalars_event(metrics, step) or metrics_event(metrics, step)
+        if event is not None:  # None: no metrics
+            self._emit(event)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log hyperparameters; they update `config.json` and become MLflow params."""

@@ -1,0 +1,158 @@
+"""The log calls' C fast path (tracking/_capture.c) against the Python path it stands in for
+(`tracking.events.metric_event` / `metrics_event`): the same events for plain calls, None (nothing
+done) for every other call, which the Python path then checks and refuses."""
+from __future__ import annotations
+
+import gc
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from tracking import events
+from tracking.events import MAX_STEP, SCALARS, metric_event, metrics_event
+
+try:
+    from tracking import _capture
+except ImportError:  # not built: test_the_c_fast_path_is_built_and_used fails and says so
+    _capture = None
+
+
+@pytest.fixture
+def capture():
+    if _capture is None:
+        pytest.skip("tracking/_capture.c was not built")
+    return _capture
+
+
+def test_the_c_fast_path_is_built_and_used():
+    # setup.py builds it as optional: an install without a compiler goes on, on the Python path.
+    # Here (and in CI) it must have been built, or every test below would be skipped and every
+    # benchmark would quietly measure the Python path.
+    assert _capture is not None, "tracking/_capture.c did not compile: reinstall (pip install -e .) and read why"
+    assert events.scalar_event is _capture.scalar_event and events.scalars_event is _capture.scalars_event
+
+
+def _same_event(fast: tuple, slow: tuple, before: float, after: float) -> None:
+    assert fast[:4] == slow[:4]
+    assert [type(v) for v in fast[2]] == [type(v) for v in slow[2]] == [float] * len(fast[2])
+    assert type(fast[3]) is type(slow[3])
+    assert before <= fast[4] <= after and type(fast[4]) is float
+
+
+@pytest.mark.parametrize("value", [
+    0.5, float("nan"), float("inf"), -0.0, 1e308,
+    torch.tensor(0.25), torch.tensor(0.25, dtype=torch.float64), torch.tensor([0.75]),
+    torch.tensor(2.0, requires_grad=True) * 3, torch.tensor(0.5, dtype=torch.bfloat16),
+])
+@pytest.mark.parametrize("step", [None, 0, 7, MAX_STEP])
+def test_a_plain_log_metric_gives_the_python_paths_event(value, step, capture):
+    before = time.time()
+    fast = capture.scalar_event("train/loss", value, step)
+    slow = metric_event("train/loss", value, step)
+    after = time.time()
+    assert fast is not None
+    if value != value or (isinstance(value, torch.Tensor) and value.isnan()):
+        assert fast[2][0] != fast[2][0] and slow[2][0] != slow[2][0]
+        fast, slow = fast[:2] + ((0.0,),) + fast[3:], slow[:2] + ((0.0,),) + slow[3:]
+    _same_event(fast, slow, before, after)
+
+
+@pytest.mark.parametrize("key, value, step", [
+    ("", 1.0, 0), ("lösung", 1.0, 0), (b"loss", 1.0, 0), (1, 1.0, 0), (type("S", (str,), {})("a"), 1.0, 0),
+    ("a", 1.0, -1), ("a", 1.0, MAX_STEP + 1), ("a", 1.0, True), ("a", 1.0, 1.0), ("a", 1.0, np.int64(3)),
+    ("a", 1, 0), ("a", True, 0), ("a", np.float64(1.0), 0), ("a", np.float32(1.0), 0), ("a", "1.0", 0),
+    ("a", None, 0), ("a", torch.tensor(3), 0), ("a", torch.tensor(True), 0), ("a", torch.ones(2), 0),
+    ("a", torch.tensor(1 + 2j), 0),
+])
+def test_anything_not_plain_is_left_to_the_python_path(key, value, step, capture):
+    assert capture.scalar_event(key, value, step) is None
+
+
+def test_a_plain_log_metrics_gives_the_python_paths_event(capture):
+    metrics = {"train/a": 0.5, "train/b": float("inf"), "train/c": -1.0}
+    slow = metrics_event(metrics, 3)  # the Python path learns the key set
+    before = time.time()
+    fast = capture.scalars_event(metrics, 3)
+    after = time.time()
+    assert fast is not None and fast[0] is SCALARS
+    _same_event(fast, slow, before, after)
+
+
+@pytest.mark.parametrize("metrics, step", [
+    ({}, 0), ({"u1": 1}, 0), ({"u1": np.float64(1.0)}, 0), ({"u1": torch.tensor(1.0)}, 0),
+    ({"": 1.0}, 0), ({"ü": 1.0}, 0), ({1: 1.0}, 0), ({"u1": 1.0}, -1), ({"u1": 1.0}, 2**63),
+])
+def test_log_metrics_not_plain_is_left_to_the_python_path(metrics, step, capture):
+    assert capture.scalars_event(metrics, step) is None
+
+
+def test_a_key_set_is_taken_in_c_once_the_python_path_checked_it(capture):
+    metrics = {f"never_seen_before/{i}": 1.0 for i in range(4)}
+    assert capture.scalars_event(metrics, 0) is None
+    assert metrics_event(metrics, 0) is not None
+    assert capture.scalars_event(metrics, 1) is not None
+
+
+def test_a_dict_subclass_or_a_key_equal_to_a_known_one_goes_the_python_way(capture):
+    known = {"sub/a": 1.0, "sub/b": 2.0}
+    metrics_event(known, 0)
+
+    class Metrics(dict):
+        pass
+
+    class Key(str):
+        pass
+
+    assert capture.scalars_event(Metrics(known), 0) is None
+    assert capture.scalars_event({Key("sub/a"): 1.0, "sub/b": 2.0}, 0) is None
+
+
+def test_events_share_the_key_tuple_and_hold_their_own_values(capture):
+    metrics = {"share/a": 1.0, "share/b": 2.0}
+    metrics_event(metrics, 0)
+    first = capture.scalars_event(metrics, 0)
+    metrics["share/a"] = 5.0  # the caller changes its dict after the call
+    second = capture.scalars_event(metrics, 1)
+    assert first[1] is second[1] == ("share/a", "share/b")
+    assert first[2] == (1.0, 2.0) and second[2] == (5.0, 2.0)
+    reordered = {"share/b": 2.0, "share/a": 1.0}
+    assert capture.scalars_event(reordered, 2) is None  # another order is another key set, not checked yet
+    metrics_event(reordered, 2)
+    assert capture.scalars_event(reordered, 2)[1] == ("share/b", "share/a")
+
+
+def test_events_are_left_out_of_the_garbage_collectors_walks(capture):
+    metrics = {"gc/a": 1.0, "gc/b": 2.0}
+    metrics_event(metrics, 0)
+    for ev in (capture.scalars_event(metrics, 0), capture.scalar_event("gc/a", torch.tensor(1.0), None)):
+        assert not any(gc.is_tracked(part) for part in (ev, ev[1], ev[2]))
+
+
+def test_threads_logging_their_own_key_sets_get_their_own_keys(capture):
+    sets = [{f"t{t}/k{k}": float(k) for k in range(3 + t)} for t in range(4)]
+    for metrics in sets:
+        metrics_event(metrics, 0)
+    wrong: list[tuple] = []
+
+    def log(metrics: dict) -> None:
+        for step in range(20000):
+            ev = capture.scalars_event(metrics, step)
+            if ev is None or ev[1] != tuple(metrics) or ev[2] != tuple(metrics.values()) or ev[3] != step:
+                wrong.append(ev)
+
+    threads = [threading.Thread(target=log, args=(m,)) for m in sets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
+
+
+def test_wrong_arity_is_a_type_error(capture):
+    with pytest.raises(TypeError, match="scalar_event"):
+        capture.scalar_event("a", 1.0)
+    with pytest.raises(TypeError, match="scalars_event"):
+        capture.scalars_event({})
