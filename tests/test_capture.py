@@ -46,6 +46,7 @@ def _same_event(fast: tuple, slow: tuple, before: float, after: float) -> None:
     0.5, float("nan"), float("inf"), -0.0, 1e308,
     torch.tensor(0.25), torch.tensor(0.25, dtype=torch.float64), torch.tensor([0.75]),
     torch.tensor(2.0, requires_grad=True) * 3, torch.tensor(0.5, dtype=torch.bfloat16),
+    torch.tensor(3), torch.tensor(2**62, dtype=torch.int64), torch.tensor(7, dtype=torch.uint8),
 ])
 @pytest.mark.parametrize("step", [None, 0, 7, MAX_STEP])
 def test_a_plain_log_metric_gives_the_python_paths_event(value, step, capture):
@@ -64,7 +65,7 @@ def test_a_plain_log_metric_gives_the_python_paths_event(value, step, capture):
     ("", 1.0, 0), ("lösung", 1.0, 0), (b"loss", 1.0, 0), (1, 1.0, 0), (type("S", (str,), {})("a"), 1.0, 0),
     ("a", 1.0, -1), ("a", 1.0, MAX_STEP + 1), ("a", 1.0, True), ("a", 1.0, 1.0), ("a", 1.0, np.int64(3)),
     ("a", 1, 0), ("a", True, 0), ("a", np.float64(1.0), 0), ("a", np.float32(1.0), 0), ("a", "1.0", 0),
-    ("a", None, 0), ("a", torch.tensor(3), 0), ("a", torch.tensor(True), 0), ("a", torch.ones(2), 0),
+    ("a", None, 0), ("a", torch.tensor(True), 0), ("a", torch.ones(2), 0), ("a", torch.empty(0), 0),
     ("a", torch.tensor(1 + 2j), 0),
 ])
 def test_anything_not_plain_is_left_to_the_python_path(key, value, step, capture):

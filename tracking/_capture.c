@@ -2,8 +2,9 @@
  *
  * Runs on the caller's thread, inside Tracker.log_metric / log_metrics, under the GIL. It takes only
  * calls whose checks are type tests: a plain ASCII key (or a key set `events._KNOWN_KEYS` holds),
- * no step or an int step in [0, MAX_STEP], float values or a CPU 0-d torch tensor whose item() is a
- * float. It returns None for every other call, with nothing done, and the Python path in
+ * no step or an int step in [0, MAX_STEP], float values, or a torch tensor not on CUDA whose item()
+ * is a float or an int (read now, as the Python path reads it). It returns None for every other
+ * call, with nothing done, and the Python path in
  * `tracking.events` then checks, coerces and raises as it always has: this module never raises for
  * a bad argument, so there is one place that words the errors.
  *
@@ -55,10 +56,18 @@ static PyObject *now(void) {
     return PyFloat_FromDouble((double)ts.tv_sec + (double)ts.tv_nsec * 1e-9);
 }
 
+/* NULL, with no error set: the Python path takes the call. An error that is not about the value
+ * (KeyboardInterrupt, MemoryError) is left set, and the call raises it. */
+static PyObject *python_path(void) {
+    if (PyErr_Occurred() && PyErr_ExceptionMatches(PyExc_Exception) && !PyErr_ExceptionMatches(PyExc_MemoryError))
+        PyErr_Clear();
+    return NULL;
+}
+
 static PyObject *torch_tensor(void) {
     if (tensor_type == NULL) {
         PyObject *torch = PyDict_GetItemString(PyImport_GetModuleDict(), "torch"); /* borrowed */
-        if (torch == NULL)
+        if (torch == NULL || torch == Py_None) /* not imported (yet), or blocked */
             return NULL;
         tensor_type = PyObject_GetAttrString(torch, "Tensor");
         if (tensor_type == NULL)
@@ -67,7 +76,8 @@ static PyObject *torch_tensor(void) {
     return tensor_type;
 }
 
-/* A new reference to the float to log for `value`, or NULL (no error set) for the Python path. */
+/* A new reference to the float to log for `value`; NULL for the Python path (with an error set
+ * only for one the call must raise: see python_path). */
 static PyObject *plain_value(PyObject *value) {
     if (PyFloat_CheckExact(value)) {
         Py_INCREF(value);
@@ -79,17 +89,24 @@ static PyObject *plain_value(PyObject *value) {
     PyObject *is_cuda = PyObject_GetAttr(value, str_is_cuda);
     if (is_cuda != Py_False) { /* a CUDA tensor (snapshotted in Python), or an error */
         Py_XDECREF(is_cuda);
-        PyErr_Clear();
-        return NULL;
+        return python_path();
     }
     Py_DECREF(is_cuda);
+    /* What the Python path does too for a tensor that is not on CUDA: read it now. */
     PyObject *number = PyObject_CallMethodNoArgs(value, str_item);
-    if (number == NULL || !PyFloat_CheckExact(number)) { /* more than one element, an int or bool tensor */
-        Py_XDECREF(number);
-        PyErr_Clear();
-        return NULL;
+    if (number == NULL) /* more than one element, a meta tensor: the Python path says why */
+        return python_path();
+    if (PyFloat_CheckExact(number))
+        return number;
+    if (PyLong_CheckExact(number)) { /* an integer tensor (a count): float(), as the Python path does */
+        double d = PyLong_AsDouble(number);
+        Py_DECREF(number);
+        if (d == -1.0 && PyErr_Occurred()) /* too large for a float: the Python path refuses it */
+            return python_path();
+        return PyFloat_FromDouble(d);
     }
-    return number;
+    Py_DECREF(number); /* a bool or complex tensor: the Python path refuses it */
+    return NULL;
 }
 
 static PyObject *event(PyObject *keys, PyObject *values, PyObject *step) {
@@ -131,8 +148,11 @@ static PyObject *scalar_event(PyObject *self, PyObject *const *args, Py_ssize_t 
     if (scalars_kind == NULL || !plain_key(args[0]) || !plain_step(args[2]))
         Py_RETURN_NONE;
     PyObject *value = plain_value(args[1]);
-    if (value == NULL)
+    if (value == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
         Py_RETURN_NONE;
+    }
     PyObject *keys;
     if (last_key != NULL && PyTuple_GET_ITEM(last_key, 0) == args[0]) {
         keys = last_key;
@@ -229,7 +249,7 @@ static PyObject *new_known_keys(PyObject *metrics, Py_ssize_t n) {
 
 /* configure(SCALARS, known_keys): called once by tracking.events at import */
 static PyObject *configure(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 || !PyUnicode_Check(args[0]) || !PySet_Check(args[1])) {
+    if (nargs != 2 || !PyUnicode_CheckExact(args[0]) || !PySet_CheckExact(args[1])) {
         PyErr_SetString(PyExc_TypeError, "configure(SCALARS: str, known_keys: set)");
         return NULL;
     }

@@ -93,8 +93,11 @@ class InlineDelivery:
 
     def _caught_up(self, slot: SinkSlot, upto: int, deadline: float | None) -> bool:
         """Open the sink if it is not, and bring it to `upto` from the journal; False if it can't now."""
-        if not slot.opened and slot.open() is not Outcome.DELIVERED:  # new, or its open failed
-            return False
+        if not slot.opened:  # new, or its open failed
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            if slot.open() is not Outcome.DELIVERED:
+                return False
         while slot.delivered_seq < upto:
             if slot.done or not slot.ready() or (deadline is not None and time.monotonic() >= deadline):
                 return False

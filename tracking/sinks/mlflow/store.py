@@ -12,11 +12,13 @@ to upload is missing) is permanent; anything else is transient. The backends rai
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,7 +34,10 @@ __all__ = ["_Store", "_describe_error"]
 _logger = logging.getLogger(__name__)
 
 #: how long a process waits for another one to finish creating a new sqlite database's tables
-SQLITE_INIT_LOCK_TIMEOUT_S = 120.0
+#: (~2-5 s); below the sink's start timeout (120 s), so that this error is the one that says why
+SQLITE_INIT_LOCK_TIMEOUT_S = 60.0
+#: one thread of this process at a time sets up a database (the file lock is per process)
+_INIT_THREADS = threading.Lock()
 
 #: MLflow error codes that mean "this request will never be accepted"; any other error is transient
 _PERMANENT_CODES = frozenset({
@@ -214,19 +219,34 @@ def _sqlite_init_lock(db_path: Path, timeout_s: float = SQLITE_INIT_LOCK_TIMEOUT
     a delivery agent replaced while its helper was still creating the database) break each other:
     with 3 processes starting on one new database, 2 or 3 of them failed ("Online migration
     expected to match one row ... 0 found", "Circular dependency detected"). The lock makes them
-    take turns: the first creates the tables, the others find them. flock is released by the
-    kernel when its holder dies, so a killed process never leaves the lock held.
+    take turns: the first creates the tables, the others find them. A POSIX record lock: the kernel
+    releases it when its holder dies (a killed process never leaves it held), and a child forked
+    meanwhile (a DataLoader worker) does not inherit it; it does not exclude threads of one process,
+    so `_INIT_THREADS` does.
     """
+    deadline = time.monotonic() + timeout_s
+    if not _INIT_THREADS.acquire(timeout=timeout_s):
+        raise TimeoutError(f"another thread has been setting up an MLflow database for over {timeout_s:g} s")
+    try:
+        with _record_lock(db_path, deadline, timeout_s):
+            yield
+    finally:
+        _INIT_THREADS.release()
+
+
+@contextlib.contextmanager
+def _record_lock(db_path: Path, deadline: float, timeout_s: float) -> Iterator[None]:
     db_path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = db_path.with_name(db_path.name + ".lock")
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline = time.monotonic() + timeout_s
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            except BlockingIOError:
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
                 if time.monotonic() >= deadline:
                     raise TimeoutError(
                         f"another process has been setting up the MLflow database {db_path} for over "
