@@ -3,7 +3,7 @@
 Built on the caller's thread by the functions here (validation and value capture only: no I/O, no
 serialisation, no device synchronisation); prepared on the writer thread (`tracking.run_journal`)
 and read by the delivery agent and sinks. A log call's event comes from `scalar_event` /
-`scalars_event`: the C fast path (`tracking/_capture.c`) for plain calls (a str key, float or CPU
+`scalars_event`: the C fast path (`tracking/_speedups.c`) for plain calls (a str key, float or CPU
 0-d tensor values, an int step), and `metric_event` / `metrics_event`, the Python path with every
 check and error, for the rest (and for every call where the C module was not built).
 
@@ -194,12 +194,12 @@ _ONLY_FLOAT = frozenset({float})
 _KNOWN_KEYS: set[tuple[str, ...]] = set()
 _MAX_KNOWN_KEYS = 4096
 
-try:  # the C fast path (tracking/_capture.c): the same events for plain calls, None for the rest
-    from ._capture import configure as _configure_capture, scalar_event, scalars_event
+try:  # the C fast path (tracking/_speedups.c): the same events for plain calls, None for the rest
+    from ._speedups import configure as _configure_speedups, scalar_event, scalars_event
 except ImportError:  # not built (no compiler at install): the Python path takes every call
     scalar_event, scalars_event = metric_event, metrics_event
 else:
-    _configure_capture(SCALARS, _KNOWN_KEYS)
+    _configure_speedups(SCALARS, _KNOWN_KEYS)
 
 
 def _learn_keys(keys: tuple[Any, ...]) -> bool:

@@ -10,6 +10,11 @@ from typing import Callable
 
 from .events import METRICS, SCALARS
 
+try:  # C (tracking/_speedups.c): the common batch (SCALARS events, each with its step) in one call
+    from ._speedups import note_steps
+except ImportError:
+    note_steps = None
+
 __all__ = ["StepResolver"]
 
 
@@ -39,6 +44,8 @@ class StepResolver:
         path: an event with a step stays as it is); every other event is replaced by what `other`
         returns for it, and left out where that is None."""
         seen, fold_at = self._seen, self._MAX_SEEN
+        if note_steps is not None and type(events) is list and note_steps(events, seen, fold_at):
+            return events  # every event a SCALARS with its step: only the maxima were to note
         dropped = False
         for index, event in enumerate(events):
             kind = event[0]

@@ -22,6 +22,12 @@ import orjson
 from ..events import ARTIFACT, FIGURE, METRICS, MODEL, SCALARS, is_finite_all
 from ..rundir import JOURNAL_FILE, json_default
 
+try:  # C (tracking/_speedups.c): whether a batch of metrics holds no NaN or inf, without a search
+    from .._speedups import all_finite
+except ImportError:
+    def all_finite(events: Any) -> bool:
+        return False  # don't know: search the line
+
 __all__ = ["JournalWriter"]
 
 _logger = logging.getLogger(__name__)
@@ -118,9 +124,10 @@ class JournalWriter:
             line = orjson.dumps(["batch", first, len(on_disk), on_disk], default=json_default)
         except (TypeError, orjson.JSONEncodeError):
             return self._encode_each(first, events, on_disk)
-        if b"null" in line:
+        if not (type(on_disk) is list and all_finite(on_disk)) and b"null" in line:
             # orjson writes NaN and ±inf as null, and no metric value is ever None: rewrite the
-            # metric events that hold one. Rare, so the common batch pays one substring search.
+            # metric events that hold one. Rare, so the common batch pays one substring search
+            # (where the batch is all metrics and C found no NaN or inf, not even that).
             line = orjson.dumps(["batch", first, len(on_disk), [_finite(ev) for ev in on_disk]],
                                 default=json_default)
         return line, list(events)

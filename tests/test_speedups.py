@@ -1,6 +1,8 @@
-"""The log calls' C fast path (tracking/_capture.c) against the Python path it stands in for
-(`tracking.events.metric_event` / `metrics_event`): the same events for plain calls, None (nothing
-done) for every other call, which the Python path then checks and refuses."""
+"""The C twins of the training process's hot paths (tracking/_speedups.c) against the Python they
+stand in for: the log calls' events (`tracking.events.metric_event` / `metrics_event`: the same
+events for plain calls, None, with nothing done, for every other call, which the Python path then
+checks and refuses), and the writer thread's `note_steps` (`tracking.steps`) and `all_finite`
+(`tracking.journal.writer`)."""
 from __future__ import annotations
 
 import gc
@@ -15,24 +17,24 @@ from tracking import events
 from tracking.events import MAX_STEP, SCALARS, metric_event, metrics_event
 
 try:
-    from tracking import _capture
+    from tracking import _speedups
 except ImportError:  # not built: test_the_c_fast_path_is_built_and_used fails and says so
-    _capture = None
+    _speedups = None
 
 
 @pytest.fixture
 def capture():
-    if _capture is None:
-        pytest.skip("tracking/_capture.c was not built")
-    return _capture
+    if _speedups is None:
+        pytest.skip("tracking/_speedups.c was not built")
+    return _speedups
 
 
 def test_the_c_fast_path_is_built_and_used():
     # setup.py builds it as optional: an install without a compiler goes on, on the Python path.
     # Here (and in CI) it must have been built, or every test below would be skipped and every
     # benchmark would quietly measure the Python path.
-    assert _capture is not None, "tracking/_capture.c did not compile: reinstall (pip install -e .) and read why"
-    assert events.scalar_event is _capture.scalar_event and events.scalars_event is _capture.scalars_event
+    assert _speedups is not None, "tracking/_speedups.c did not compile: reinstall (pip install -e .) and read why"
+    assert events.scalar_event is _speedups.scalar_event and events.scalars_event is _speedups.scalars_event
 
 
 def _same_event(fast: tuple, slow: tuple, before: float, after: float) -> None:
@@ -157,3 +159,72 @@ def test_wrong_arity_is_a_type_error(capture):
         capture.scalar_event("a", 1.0)
     with pytest.raises(TypeError, match="scalars_event"):
         capture.scalars_event({})
+
+
+# -- the writer thread's two: note_steps (tracking.steps) and all_finite (tracking.journal.writer) --
+
+def _scalars(keys: tuple, step, values=(1.0,)) -> tuple:
+    return (SCALARS, keys, tuple(values) * len(keys) if len(values) == 1 else tuple(values), step, 1.0)
+
+
+def test_note_steps_keeps_the_highest_step_of_each_key_set_as_the_python_loop_does(capture):
+    import random
+
+    from tracking.steps import StepResolver
+
+    rng = random.Random(7)
+    key_sets = [("a",), ("a", "b"), ("b", "c", "d"), ("z",)]
+    batch = [_scalars(rng.choice(key_sets), rng.randrange(0, 50)) for _ in range(500)]
+    seen: dict = {}
+    assert capture.note_steps(list(batch), seen, 1024) is True
+    python = StepResolver()
+    import tracking.steps as steps
+
+    fast, steps.note_steps = steps.note_steps, None  # the Python loop alone
+    try:
+        assert python.resolve_all(list(batch), lambda e: e) == batch
+    finally:
+        steps.note_steps = fast
+    assert seen == python._seen == {k: max(e[3] for e in batch if e[1] == k) for k in key_sets}
+
+
+@pytest.mark.parametrize("odd", [
+    (SCALARS, ("a",), (1.0,), None, 1.0),  # a step to assign: the Python path's
+    ("metrics", {"a": 1.0}, 3, 1.0),
+    ("tag", "k", "v", 1.0),
+    (SCALARS, ("a",), (1.0,), True, 1.0),
+])
+def test_note_steps_leaves_any_other_batch_to_the_python_loop(capture, odd):
+    assert capture.note_steps([_scalars(("a",), 1), odd], {}, 1024) is False
+
+
+def test_note_steps_stops_before_seen_grows_past_its_limit_and_the_python_loop_folds(capture):
+    from tracking.steps import StepResolver
+
+    resolver = StepResolver()
+    batch = [_scalars((f"k{i}",), i) for i in range(StepResolver._MAX_SEEN + 5)]
+    assert capture.note_steps(list(batch), {}, StepResolver._MAX_SEEN) is False
+    resolver.resolve_all(list(batch), lambda e: e)
+    assert resolver.resolve((SCALARS, ("k3",), (1.0,), None, 1.0))[3] == 4  # one past k3's highest step
+
+
+@pytest.mark.parametrize("values, finite", [
+    ((1.0, -2.5, 1e308), True), ((float("nan"),), False), ((1.0, float("inf")), False), ((float("-inf"),), False),
+])
+def test_all_finite_finds_nan_and_inf(capture, values, finite):
+    assert capture.all_finite([_scalars(("a",), 0), _scalars(tuple("abc"[:len(values)]), 1, values)]) is finite
+
+
+def test_all_finite_says_false_for_a_batch_it_cannot_vouch_for(capture):
+    assert capture.all_finite([_scalars(("a",), 0), ("tag", "k", "v", 1.0)]) is False
+    assert capture.all_finite([]) is True
+
+
+def test_a_batch_with_nan_still_reads_back_as_nan(tmp_path, capture):
+    from tracking.journal import JournalWriter, read_journal
+
+    writer = JournalWriter(tmp_path, {"run_id": "r"})
+    writer.append([_scalars(("a",), 0), _scalars(("a", "b"), 1, (float("nan"), float("-inf")))])
+    writer.close("FINISHED")
+    values = [ev.values for _, ev in read_journal(tmp_path).events]
+    assert values[0] == {"a": 1.0} and values[1]["a"] != values[1]["a"] and values[1]["b"] == float("-inf")
