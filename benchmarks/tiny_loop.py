@@ -25,7 +25,10 @@ How a case is measured (the method of `training_loop`):
 
 - Pairs. Each case's chunk runs right after its own no-logging chunk (the same steps, the same 9
   floats computed and dropped); the figure is the median over rounds of the ratio within each pair,
-  and of the per-step difference in µs. The cases' order rotates between rounds. The garbage
+  and of the per-step difference in µs. The cases' order is shuffled (seeded) each round: with a
+  rotation each case always followed the same one, and what that one left running after its chunk
+  (ours + MLflow's agent and helper) slowed the next case's no-logging chunk (the floor's, by
+  1-2 %), which made that floor look cheaper than no logging at all. The garbage
   collector stays enabled (as in `training_loop`); ``gc.collect()`` runs before each round.
   "× floor" is ours' median ratio over its floor's; "× floor by round" is the median over rounds of
   ours' ratio over its floor's in the same round (both ran within seconds, at one machine speed).
@@ -48,6 +51,7 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import random
 import select
 import socket
 import struct
@@ -400,7 +404,9 @@ def _measure(cases: dict[str, Any], chunk: int, rounds: int, base: Path, setup_s
     capped = dict.fromkeys(names, 0)
     for round_ in range(rounds):
         gc.collect()
-        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+        order = list(names)
+        random.Random(round_).shuffle(order)  # no case always follows the same one
+        for name in order:
             case, s = cases[name], samples[name]
             others0 = descendants_cpu(extra)
             none_wall, none_cpu = _plain_chunk(step, chunk)
