@@ -145,7 +145,7 @@ def metric_event(key: Any, value: Any, step: Any) -> tuple:
     Called on the caller's thread for what `scalar_event` (the C fast path) did not take: a
     numpy scalar, an int, a CUDA tensor, a bad argument; for every call where the C module was not built.
     """
-    if type(key) is not str or not key or not key.isascii():
+    if not _plain_key(key):
         check_key(key)
     if step is not None and (type(step) is not int or not 0 <= step <= MAX_STEP):
         step = check_step(step)
@@ -202,10 +202,15 @@ else:
     _configure_speedups(SCALARS, _KNOWN_KEYS)
 
 
+def _plain_key(key: Any) -> bool:
+    """A key that needs no `check_key`: non-empty ASCII text (what the C fast path takes too)."""
+    return type(key) is str and bool(key) and key.isascii()
+
+
 def _learn_keys(keys: tuple[Any, ...]) -> bool:
     """True if every key is plain ASCII text (remembered); False sends the call the slow way."""
     for key in keys:
-        if type(key) is not str or not key or not key.isascii():
+        if not _plain_key(key):
             return False
     if len(_KNOWN_KEYS) < _MAX_KNOWN_KEYS:
         _KNOWN_KEYS.add(keys)
@@ -216,7 +221,7 @@ def _capture_each(keys: tuple[Any, ...], raw: tuple[Any, ...]) -> tuple[str, tup
     values: list[Any] = []
     kind = SCALARS
     for key, value in zip(keys, raw):
-        if type(key) is not str or not key or not key.isascii():
+        if not _plain_key(key):
             check_key(key)
         if type(value) is not float:
             value = coerce_value(key, value)

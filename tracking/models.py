@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidModelError, InvalidNameError
+from .events import check_text
 
-__all__ = ["ModelInfo", "check_model", "save_model_folder", "model_folder_above", "PICKLE", "PT2", "TORCH_SAVE"]
+__all__ = ["ModelInfo", "check_model", "check_registered_model_name", "save_model_folder", "model_folder_above", "PICKLE", "PT2", "TORCH_SAVE"]
 
 _logger = logging.getLogger(__name__)
 
@@ -76,6 +77,19 @@ def check_model(model: Any) -> None:
             f"log_model: model must be a torch.nn.Module, got {type(model).__name__}; "
             "log other files with log_artifact()"
         )
+
+
+def check_registered_model_name(name: Any) -> str | None:
+    """`name` if MLflow's model registry can hold it (or None); raises InvalidNameError otherwise."""
+    if name is None:
+        return None
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidNameError(f"registered_model_name must be a non-empty str or None, got {name!r}")
+    check_text(name, "registered_model_name")
+    if "/" in name or ":" in name:
+        raise InvalidNameError(f"registered_model_name must not contain '/' or ':' (MLflow's model "
+                               f"registry refuses them), got {name!r}")
+    return name
 
 
 def model_folder_above(artifacts_dir: Path, name: str) -> str | None:

@@ -57,7 +57,7 @@ class StepResolver:
             if step is None:
                 events[index] = self._assign(event)
                 continue
-            keys = event[1] if kind is SCALARS else tuple(event[1])
+            keys = _keys(event)
             if seen.get(keys, -1) < step:
                 if len(seen) >= fold_at and keys not in seen:
                     self._fold()
@@ -71,7 +71,7 @@ class StepResolver:
     def _assign(self, event: tuple) -> tuple:
         self._fold()
         nxt = self._next
-        keys = event[1] if event[0] is SCALARS else tuple(event[1])
+        keys = _keys(event)
         step = max((nxt.get(k, 0) for k in keys), default=0)
         for key in keys:
             nxt[key] = step + 1
@@ -87,6 +87,11 @@ class StepResolver:
                 if nxt.get(key, 0) < following:
                     nxt[key] = following
         self._seen.clear()
+
+
+def _keys(event: tuple) -> tuple[str, ...]:
+    """A metrics event's keys as a tuple (SCALARS holds one; METRICS a dict)."""
+    return event[1] if event[0] is SCALARS else tuple(event[1])
 
 
 def _unexpected(event: tuple) -> tuple:

@@ -64,7 +64,7 @@ from .events import (
     scalar_event,
     scalars_event,
 )
-from .models import ModelInfo, check_model, model_folder_above, save_model_folder
+from .models import ModelInfo, check_model, check_registered_model_name, model_folder_above, save_model_folder
 from .queue import BLOCK, POLICIES
 from .redact import DEFAULT_SECRET_KEY_PATTERNS
 from .rundir import ARTIFACTS_DIR, base_meta, create_run_dir, finish_meta, new_run_id, write_meta
@@ -456,14 +456,7 @@ class Tracker:
         """
         check_model(model)
         artifact_path = check_name(artifact_path, "artifact_path", reserve_bytes=_MODEL_SUFFIX_BYTES)
-        if registered_model_name is not None:
-            if not isinstance(registered_model_name, str) or not registered_model_name.strip():
-                raise InvalidNameError(
-                    f"registered_model_name must be a non-empty str or None, got {registered_model_name!r}")
-            check_text(registered_model_name, "registered_model_name")
-            if "/" in registered_model_name or ":" in registered_model_name:
-                raise InvalidNameError(f"registered_model_name must not contain '/' or ':' (MLflow's model "
-                                       f"registry refuses them), got {registered_model_name!r}")
+        check_registered_model_name(registered_model_name)
         run_dir = self._require_run_dir()
         if run_dir is None:
             return None
