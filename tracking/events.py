@@ -3,8 +3,8 @@
 Built on the caller's thread by the functions here (validation and value capture only: no I/O, no
 serialisation, no device synchronisation); prepared on the writer thread (`tracking.run_journal`)
 and read by the delivery agent and sinks. A log call's event comes from `scalar_event` /
-`scalars_event`: the C fast path (`tracking/_speedups.c`) for plain calls (a str key, float or CPU
-0-d tensor values, an int step), and `metric_event` / `metrics_event`, the Python path with every
+`scalars_event`: the C fast path (`tracking/_speedups.c`) for plain calls (a str key, float values
+or a one-element tensor not on CUDA, an int step), and `metric_event` / `metrics_event`, the Python path with every
 check and error, for the rest (and for every call where the C module was not built).
 
 On the caller's side an event is a plain tuple whose first item names its kind, its time last.

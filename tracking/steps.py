@@ -13,7 +13,8 @@ from .events import METRICS, SCALARS
 try:  # C (tracking/_speedups.c): the common batch (SCALARS events, each with its step) in one call
     from ._speedups import note_steps
 except ImportError:
-    note_steps = None
+    def note_steps(events: list, seen: dict, max_seen: int) -> bool:
+        return False  # not taken: the loop below goes over the batch
 
 __all__ = ["StepResolver"]
 
@@ -44,7 +45,7 @@ class StepResolver:
         path: an event with a step stays as it is); every other event is replaced by what `other`
         returns for it, and left out where that is None."""
         seen, fold_at = self._seen, self._MAX_SEEN
-        if note_steps is not None and type(events) is list and note_steps(events, seen, fold_at):
+        if type(events) is list and note_steps(events, seen, fold_at):
             return events  # every event a SCALARS with its step: only the maxima were to note
         dropped = False
         for index, event in enumerate(events):

@@ -383,8 +383,8 @@ class Tracker:
 
     def log_metric(self, key: str, value: Any, step: int | None = None) -> None:
         """Log one metric value (int, float, numpy scalar or 0-d tensor) at `step`."""
-        # C takes a plain call (a str key, a float or CPU tensor value, an int step); the Python
-        # path every other call, with the checks that raise.
+        # C takes a plain call (a str key, a float or a tensor not on CUDA, an int step); the
+        # Python path every other call, with the checks that raise.
         self._emit(scalar_event(key, value, step) or metric_event(key, value, step))
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
