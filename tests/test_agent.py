@@ -180,6 +180,51 @@ print(f"{time.monotonic() - started:.3f}", report.background, report.sinks["mlfl
     assert client.get_run(meta["mlflow_run_id"]).info.status == "FINISHED"
 
 
+def test_a_script_that_exits_right_after_a_background_end_has_every_event_in_every_sink(tmp_path):
+    """No flush, no wait: the script exits while its agent is still importing MLflow. The agent
+    reads what the script said before it went (OpenRun, EndRun) and delivers the whole run."""
+    proc, run_id = _spawn(tmp_path, """
+for step in range(5000):
+    tracker.log_metrics({f"k{k}": float(step) for k in range(10)}, step=step)
+tracker.end_run(background=True)
+""")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    run_dir = tmp_path / "runs" / run_id
+    meta = _wait_for_status(run_dir, 120)
+    assert meta["status"] == "FINISHED" and all(s["undelivered"] == 0 for s in meta["sinks"].values()), meta
+    expected = list(range(5000))
+    assert json.load(open(run_dir / "metrics.json")) == {f"k{k}": 4999.0 for k in range(10)}
+    assert [int(r["step"]) for r in csv.DictReader(open(run_dir / "step_metrics.csv"))] == expected
+    assert _tensorboard_steps(run_dir, "k9") == expected
+    for key in ("k0", "k9"):
+        steps, status = _mlflow_steps(tmp_path, run_dir, key)
+        assert steps == expected and status == "FINISHED"
+
+
+def test_a_training_process_killed_in_its_first_half_second_has_what_it_journaled_delivered(tmp_path):
+    """SIGKILL before the agent has even imported its sinks: it still reads the run from its channel
+    and the journal, delivers it, and ends it KILLED."""
+    proc, run_id = _spawn(tmp_path, """
+for step in range(2000):
+    tracker.log_metric("loss", float(step), step=step)
+time.sleep(60)
+""")
+    started = time.monotonic()  # start_run has returned
+    run_dir = tmp_path / "runs" / run_id
+    _wait_journaled(run_dir, 2000, timeout_s=0.5)
+    proc.send_signal(signal.SIGKILL)
+    assert time.monotonic() - started < 0.5
+    proc.wait(timeout=30)
+    meta = _wait_for_status(run_dir, 120)
+    assert meta["status"] == "KILLED" and meta["events"] == 2000
+    assert all(s["undelivered"] == 0 for s in meta["sinks"].values()), meta["sinks"]
+    expected = list(range(2000))
+    assert json.load(open(run_dir / "metrics.json")) == {"loss": 1999.0}
+    assert _tensorboard_steps(run_dir, "loss") == expected
+    assert _mlflow_steps(tmp_path, run_dir, "loss") == (expected, "KILLED")
+
+
 def test_a_signal_to_the_jobs_process_group_does_not_reach_the_agent(tmp_path):
     """`kill -TERM -PGID` (a scheduler, Ctrl-C in a terminal) ends the training process; its handler
     ends the run KILLED, and the agent, in a session of its own, is still there to deliver it."""

@@ -82,3 +82,70 @@ def test_replay_skips_a_journal_entry_that_would_leave_the_run_directory(make_tr
     acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
     acc.Reload()
     assert [s.step for s in acc.Scalars("loss")] == list(range(31)) and acc.Tags()["images"] == []
+
+
+ORPHAN = """
+import sys
+sys.path.insert(0, {root!r})
+from tracking import LocalTracker
+tracker = LocalTracker(base_dir={base!r}, use_tensorboard=True)
+print(tracker.start_run("orphan"), flush=True)
+for step in range(1000):
+    tracker.log_metric("x", float(step), step=step)
+assert tracker.flush(timeout_s=60)
+print(tracker.stats().agent_pid, flush=True)
+sys.stdin.readline()  # the test stops the agent meanwhile
+for step in range(1000, 2000):
+    tracker.log_metric("x", float(step), step=step)
+print("logged", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_run_nothing_delivers_any_more_says_so_and_prints_the_command_that_delivers_it(tmp_path):
+    """The training process and its agent die together (a node lost, a cgroup OOM-killed): `show`
+    and `runs` say the run is undelivered and print the replay commands, which deliver it and end it."""
+    import os
+    import shlex
+    import signal
+    import time
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tracking.journal import JournalReader
+
+    base = tmp_path / "runs"
+    child = subprocess.Popen([sys.executable, "-c", ORPHAN.format(root=str(ROOT), base=str(base))],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    run_id, agent = child.stdout.readline().strip(), int(child.stdout.readline())
+    os.kill(agent, signal.SIGSTOP)  # it has committed 1,000 events and takes no more
+    child.stdin.write("go\n")
+    child.stdin.flush()
+    assert child.stdout.readline().strip() == "logged"
+    run_dir = base / run_id
+    deadline = time.monotonic() + 30
+    while JournalReader(run_dir).refresh() < 2000:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(child.pid, signal.SIGSTOP)  # no restart of the agent: both go at once
+    os.kill(agent, signal.SIGKILL)
+    child.kill()
+    child.wait(30)
+
+    info = json.loads(_cli("show", str(run_dir), "--json").stdout)
+    assert info["status"] == "RUNNING" and info["delivering"] is False
+    assert {n: s["undelivered"] for n, s in info["sinks"].items()} == {"json": 1000, "tensorboard": 1000}
+    text = _cli("show", str(run_dir)).stdout
+    assert "nothing delivers it" in text and text.count("deliver the rest with:") == 2, text
+    listed = _cli("runs", str(base)).stdout
+    assert "nothing delivers it" in listed and all(c in listed for c in info["replay_commands"]), listed
+
+    for command in info["replay_commands"]:
+        done = subprocess.run(shlex.split(command), cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    meta = read_meta(run_dir)
+    assert meta["status"] == "KILLED" and json.loads(_cli("show", str(run_dir), "--json").stdout)["replay_commands"] == []
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    assert [event.step for event in accumulator.Scalars("x")] == list(range(2000))
+    assert json.load(open(run_dir / "metrics.json")) == {"x": 1999.0}

@@ -11,7 +11,7 @@ from tracking import PermanentSinkError
 from tracking.agent.cursors import DeliveryStore
 from tracking.agent.engine import Outcome, RetryPolicy, SinkSlot, SlotState
 from tracking.events import METRICS, Metrics
-from tracking.sinks.base import RunContext
+from tracking.sinks.base import Resume, RunContext
 
 FAST = RetryPolicy(initial_s=0.01, max_s=0.02)
 
@@ -39,7 +39,7 @@ class ListSink:
         self.flushes = 0
 
     def open(self, run):
-        self.opened_with.append(dict(run.resume))
+        self.opened_with.append(run.resume)
         return {"list_id": 7}
 
     def write(self, events):
@@ -132,7 +132,7 @@ def test_commit_saves_the_cursor_and_checkpoint_a_new_slot_resumes_from(tmp_path
     again = SinkSlot(second, _run(tmp_path), retry=FAST, store=store)
     assert again.delivered_seq == 30 and again.delivered == 30
     again.open()
-    assert second.opened_with == [{"list_id": 7, "committed_seq": 30, "checkpoint": {"count": 30}}]
+    assert second.opened_with == [Resume(committed_seq=30, checkpoint={"count": 30}, facts={"list_id": 7})]
     again.write(1, _events(35))  # what it already has is skipped by seq
     assert second.got == list(range(30, 35))
 
@@ -147,7 +147,7 @@ def test_a_sink_that_rebuilds_its_files_gets_the_whole_run_again(tmp_path):
     slot.write(1, _events(20))
     slot.commit()
     again = SinkSlot(Rebuilds(), _run(tmp_path), retry=FAST, store=store)
-    assert again.delivered_seq == 0 and again.run.resume["committed_seq"] == 0
+    assert again.delivered_seq == 0 and again.run.resume == Resume(committed_seq=0, checkpoint=None, facts={"list_id": 7})
 
 
 def test_events_the_journal_lost_are_skipped_and_counted(tmp_path):

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
+from helpers.extras import needs
 from tracking import (
     ArtifactNotFoundError,
     InvalidKeyError,
@@ -36,24 +36,46 @@ def tracker(make_tracker):
         (1 + 2j, "got complex"),
         (True, "got bool True"),
         (np.bool_(True), "log booleans as 0/1"),
-        (torch.ones(3), "shape (3,)"),
-        (torch.tensor(True), "torch.bool"),
         (np.ones(2), "got ndarray"),
     ],
 )
 def test_non_numeric_metric_values_are_refused(tracker, value, fragment):
+    _refused_alone_and_beside_a_good_value(tracker, value, fragment, good=1.0)
+
+
+@needs("torch")
+@pytest.mark.parametrize("make, fragment", [(lambda torch: torch.ones(3), "shape (3,)"),
+                                            (lambda torch: torch.tensor(True), "torch.bool")])
+def test_tensors_that_are_not_one_real_number_are_refused(tracker, make, fragment):
+    import torch
+
+    _refused_alone_and_beside_a_good_value(tracker, make(torch), fragment, good=torch.tensor(1.0))
+
+
+def _refused_alone_and_beside_a_good_value(tracker, value, fragment, good):
     with pytest.raises(InvalidMetricError, match="real number|0-d tensor") as info:
         tracker.log_metric("loss", value)
     assert fragment in str(info.value)
     with pytest.raises(InvalidMetricError, match="real number|0-d tensor") as info:
-        tracker.log_metrics({"ok": torch.tensor(1.0), "loss": value})
+        tracker.log_metrics({"ok": good, "loss": value})
     assert fragment in str(info.value)
 
 
-@pytest.mark.parametrize("value", [torch.tensor(3), torch.tensor(3.0, dtype=torch.float64),
-                                   torch.tensor([3.0]), torch.tensor(3.0, requires_grad=True) * 1,
-                                   np.float32(3.0), np.int64(3), 3])
-def test_numbers_and_one_element_tensors_are_logged_as_floats(make_tracker, value):
+@pytest.mark.parametrize("value", [np.float32(3.0), np.int64(3), 3])
+def test_numbers_are_logged_as_floats(make_tracker, value):
+    _logged_as_floats(make_tracker, value)
+
+
+@needs("torch")
+@pytest.mark.parametrize("make", [lambda t: t.tensor(3), lambda t: t.tensor(3.0, dtype=t.float64),
+                                  lambda t: t.tensor([3.0]), lambda t: t.tensor(3.0, requires_grad=True) * 1])
+def test_one_element_tensors_are_logged_as_floats(make_tracker, make):
+    import torch
+
+    _logged_as_floats(make_tracker, make(torch))
+
+
+def _logged_as_floats(make_tracker, value):
     tracker = make_tracker(["json"], mode="sync")
     tracker.start_run()
     tracker.log_metrics({"a": value, "b": value}, step=0)
@@ -84,6 +106,12 @@ def test_bad_steps_are_refused(tracker, step):
 
 def test_integer_like_steps_are_accepted(tracker):
     tracker.log_metric("loss", 1.0, step=np.int64(3))
+
+
+@needs("torch")
+def test_an_integer_tensor_is_accepted_as_a_step(tracker):
+    import torch
+
     tracker.log_metric("loss", 1.0, step=torch.tensor(4))
 
 
@@ -215,9 +243,12 @@ def test_a_value_that_breaks_while_being_journaled_costs_only_itself(make_tracke
     assert json.load(open(tracker.base_dir / run_id / "metrics.json")) == {"x": 2.0}
 
 
+@needs("torch")
 def test_queued_metric_events_are_left_alone_by_the_garbage_collector(make_tracker):
     """An event waits up to batch_interval_s in the queue: one the GC kept tracking would reach its
     oldest generation and make it walk the user's whole heap (see tracking.events)."""
+    import torch
+
     tracker = make_tracker(["json"], batch_interval_s=60.0)
     tracker.start_run()
     tracker.log_metric("loss", torch.tensor(0.5), step=0)

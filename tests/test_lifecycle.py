@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.extras import needs
 from tracking.journal import read_journal
 from tracking.rundir import read_meta
 
@@ -109,6 +110,7 @@ tracker.end_run()
     assert len(forked) == 1 and read_meta(forked[0])["status"] == "FINISHED"
 
 
+@needs("torch")
 def test_dataloader_fork_workers_neither_deadlock_nor_duplicate(tmp_path):
     proc, run_id = _spawn(tmp_path, """
 import torch

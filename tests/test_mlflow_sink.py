@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from mlflow_server import free_port  # noqa: E402
 from tracking.events import ARTIFACT, EXPERIMENT, FIGURE, METRICS, PARAMS, TAG  # noqa: E402
 from tracking.rundir import read_meta  # noqa: E402
-from tracking.sinks.base import PermanentSinkError, RunContext  # noqa: E402
+from tracking.sinks.base import PermanentSinkError, Resume, RunContext  # noqa: E402
 from tracking.sinks.mlflow import (  # noqa: E402
     MAX_ENTITIES_PER_REQUEST,
     MAX_METRICS_PER_REQUEST,
@@ -320,7 +320,7 @@ def test_resume_continues_the_recorded_mlflow_run(sqlite_uri, tmp_path):
     client = MlflowClient(sqlite_uri)
     existing = client.create_run(client.create_experiment("sink_tests_resume")).info.run_id
     sink = MLflowSink(sqlite_uri, process=False)
-    run = make_run(tmp_path, "resumed", resume={"mlflow_run_id": existing, "tracking_uri": sink.tracking_uri})
+    run = make_run(tmp_path, "resumed", resume=Resume(0, None, {"mlflow_run_id": existing, "tracking_uri": sink.tracking_uri}))
     assert sink.open(run)["mlflow_run_id"] == existing
     sink.close("FAILED")
     assert client.get_run(existing).info.status == "FAILED"

@@ -90,3 +90,18 @@ def _lines(run_dir: Path) -> list[bytes]:
     for line in lines:
         json.loads(line)
     return lines
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_end_run_on_a_disk_that_is_full_returns_its_report_and_says_what_it_could_not_write(
+        make_tracker, small_disk, caplog, mode):
+    tracker = make_tracker(["json"], mode=mode, base_dir=small_disk / "runs")
+    run_id = tracker.start_run("full_at_the_end")
+    for step in range(100):
+        tracker.log_metric("x", float(step), step=step)
+    assert tracker.flush(timeout_s=30)
+    _fill(small_disk / "ballast")
+    report = tracker.end_run(timeout_s=2.0)  # no OSError: the run ends, what could not be written is said
+    assert report.status == "FINISHED" and report.events == 100
+    assert f"cannot write {small_disk / 'runs' / run_id}/meta.json" in caplog.text
+    assert not [p.name for p in (small_disk / "runs" / run_id).iterdir() if p.name.endswith(".tmp")]

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from tracking import Tracker
-from tracking.sinks import available_sinks, resolve_sink
+from tracking.sinks import available_sinks, load_sink_class, resolve_sink
 
 from helpers.sinks import RecordingSink
 
@@ -120,3 +120,111 @@ def test_builtin_sinks_are_registered_as_entry_points():
 def test_an_object_that_is_not_a_sink_is_refused(tmp_path):
     with pytest.raises(TypeError, match="lacks open, write, flush, close"):
         Tracker([object()], base_dir=tmp_path)
+
+
+class _Probe:
+    """Wraps a sink: keeps what `open` was told about a resume and the steps `write` was given."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.name = inner, inner.name
+        self.resumes: list = []
+        self.steps: list[int] = []
+
+    def open(self, run):
+        self.resumes.append(run.resume)
+        return self.inner.open(run)
+
+    def write(self, events):
+        self.steps += [event[2] for event in events if event[0] == "metrics"]
+        self.inner.write(events)
+
+    def flush(self):
+        self.inner.flush()
+
+    def close(self, status):
+        self.inner.close(status)
+
+    def __getattr__(self, name):  # checkpoint, rebuild_on_resume, blocking: the sink's own
+        return getattr(self.inner, name)
+
+
+def _new_sink(sink_name: str, tmp_path):
+    if sink_name == "recording":
+        return RecordingSink()
+    if sink_name == "mlflow":
+        return load_sink_class("mlflow")(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    return resolve_sink(sink_name)
+
+
+def _steps_in(sink_name: str, sink, run_dir, tmp_path) -> list[int]:
+    """The steps of metric "x" as the sink's own reader finds them (the recording sink: in memory)."""
+    if sink_name == "json":
+        import csv
+
+        return [int(row["step"]) for row in csv.DictReader(open(run_dir / "step_metrics.csv"))]
+    if sink_name == "tensorboard":
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        accumulator = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        return [event.step for event in accumulator.Scalars("x")]
+    if sink_name == "mlflow":
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+        (found,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        return sorted(m.step for m in client.get_metric_history(found.info.run_id, "x"))
+    return [event[2] for event in sink.events if event[0] == "metrics"]
+
+
+@pytest.mark.parametrize("sink_name", BUILTIN + ["recording"])
+def test_a_resumed_sink_is_told_its_cursor_checkpoint_and_facts_and_gets_only_what_follows(sink_name, tmp_path):
+    """The contract of `run.resume` (tracking.sinks.base): a deliverer dies after committing 20 of 30
+    events and handing over 5 more; the next is opened with `Resume(committed_seq, checkpoint,
+    facts)` as the first one left them, and writes start right after the cursor (from the first
+    event for a sink that rebuilds). Read back from the sink's own store: every step once (at least
+    once for a sink with neither a checkpoint nor a rebuild)."""
+    from tracking.agent.cursors import DeliveryStore
+    from tracking.agent.engine import RetryPolicy, SinkSlot
+    from tracking.journal import JournalReader, read_journal
+    from tracking.sinks.base import Resume, RunContext
+
+    journal_only = Tracker([], mode="sync", base_dir=tmp_path / "runs")
+    run_id = journal_only.start_run("resumed")
+    for step in range(30):
+        journal_only.log_metric("x", float(step), step=step)
+    journal_only.end_run()
+    run_dir = tmp_path / "runs" / run_id
+    header = read_journal(run_dir).header
+    run = RunContext(run_id=run_id, run_name="resumed", run_dir=run_dir, experiment=header["experiment"],
+                     config={}, start_time=header["start_time"], mode="async")
+    retry = RetryPolicy(initial_s=0.01, max_s=0.02)
+
+    first, store = _Probe(_new_sink(sink_name, tmp_path)), DeliveryStore(run_dir)
+    slot = SinkSlot.claim(first, run, store, retry=retry)
+    slot.open()
+    slot.deliver_from(JournalReader(run_dir), upto=20, max_events=20)
+    slot.commit()
+    committed = (slot.committed_seq, slot.checkpoint, dict(slot.facts))
+    slot.deliver_from(JournalReader(run_dir), upto=25, max_events=5)  # handed over, never committed
+    assert first.resumes == [None] and first.steps == list(range(25)) and committed[0] == 20
+    store.release_all()  # the deliverer dies here: no close()
+
+    second = _Probe(_new_sink(sink_name, tmp_path))
+    again = SinkSlot.claim(second, run, DeliveryStore(run_dir), retry=retry)
+    again.open()
+    while again.delivered_seq < 30:
+        again.deliver_from(JournalReader(run_dir), upto=30)
+    again.close("FINISHED")
+    rebuilds = getattr(second.inner, "rebuild_on_resume", False)
+    if rebuilds:
+        assert second.resumes == [Resume(committed_seq=0, checkpoint=None, facts=committed[2])]
+        assert second.steps == list(range(30))
+    else:
+        assert second.resumes == [Resume(*committed)]
+        assert second.steps == list(range(20, 30))
+    has_checkpoint = callable(getattr(second.inner, "checkpoint", None))
+    exactly_once = rebuilds or has_checkpoint or sink_name == "mlflow"  # MLflow's SQL store drops repeats
+    assert exactly_once or sink_name == "recording"
+    found = _steps_in(sink_name, second.inner, run_dir, tmp_path)
+    assert found == (list(range(30)) if exactly_once else list(range(20, 30)))

@@ -10,22 +10,24 @@ import re
 import threading
 import time
 
-import numpy as np
 import pytest
-import torch
 
 from tracking import NoActiveRunError, RunAlreadyActiveError, RunEndedError, Tracker
 from tracking.sinks.json_sink import JsonSink
 from tracking.journal import read_journal
 from tracking.rundir import read_meta
 
+from helpers.extras import needs
 from helpers.sinks import FailingOpenSink, FailingSink, GateSink, RecordingSink
 
 MODES = ["async", "sync"]
 
 
+@needs("torch")
 @pytest.mark.parametrize("mode", MODES)
 def test_documented_usage_with_json_tracker(make_tracker, mode):
+    import torch
+
     tracker = make_tracker(["json"], mode=mode)
     config = {"model": "mlp", "learning_rate": 1e-3, "batch_size": 32}
     run_id = tracker.start_run(run_name="experiment_001", config=config)
@@ -148,8 +150,11 @@ def test_run_id_names_the_directory_and_never_collides(make_tracker):
     assert tracker.get_run_dir() == tracker.base_dir / ids[-1]
 
 
+@needs("torch")
 @pytest.mark.parametrize("mode", MODES)
 def test_in_place_tensor_change_after_the_call_does_not_change_the_logged_value(make_tracker, mode):
+    import torch
+
     sink = RecordingSink()
     tracker = make_tracker([sink], mode=mode)
     tracker.start_run()
@@ -167,7 +172,10 @@ def test_in_place_tensor_change_after_the_call_does_not_change_the_logged_value(
     ]
 
 
+@needs("numpy")
 def test_numpy_scalars_ints_and_non_finite_values_are_kept(make_tracker):
+    import numpy as np
+
     tracker = make_tracker(["json"])
     run_id = tracker.start_run()
     tracker.log_metrics({"f32": np.float32(0.5), "i64": np.int64(3), "int": 7, "nan": float("nan"),
@@ -221,8 +229,11 @@ def test_lifecycle_errors_are_raised_at_the_call(make_tracker):
     assert tracker.end_run() is tracker.last_report  # idempotent
 
 
+@needs("torch")
 @pytest.mark.parametrize("mode", MODES)
 def test_artifact_keeps_content_at_call_time(make_tracker, tmp_path, mode):
+    import torch
+
     tracker = make_tracker(["json"], mode=mode)
     run_id = tracker.start_run()
     ckpt = tmp_path / "checkpoint.pt"
@@ -553,3 +564,49 @@ def test_an_unhashable_sink_works(make_tracker):
     tracker.start_run()
     tracker.log_metric("x", 1.0)
     assert tracker.end_run().complete and len(sink.events) == 1
+
+
+class _UserSink:
+    """A user's sink, picklable but not declared portable: the instance itself must get the events."""
+
+    name = "user"
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def open(self, run):
+        pass
+
+    def write(self, events):
+        self.steps += [event[2] for event in events]
+
+    def flush(self):
+        pass
+
+    def close(self, status):
+        pass
+
+
+class _PortableUserSink(_UserSink):
+    name = "portable_user"
+    portable = True  # its settings are all there is: a copy in the agent will do
+
+
+def test_a_sink_instance_given_to_the_tracker_is_the_one_that_receives_the_events(make_tracker):
+    sink = _UserSink()
+    tracker = make_tracker([sink])
+    tracker.start_run()
+    for step in range(50):
+        tracker.log_metric("x", float(step), step)
+    assert tracker.end_run().complete
+    assert sink.steps == list(range(50)) and tracker.stats().placement == {"user": "thread"}
+
+
+def test_a_sink_whose_class_says_portable_is_built_again_in_the_agent(make_tracker):
+    sink = _PortableUserSink()
+    tracker = make_tracker(["json", sink])
+    tracker.start_run()
+    tracker.log_metric("x", 1.0, 0)
+    report = tracker.end_run()
+    assert report.complete and sink.steps == []  # a copy in the agent process got them
+    assert tracker.stats().placement == {"json": "agent", "portable_user": "agent"}

@@ -42,7 +42,7 @@ def test_a_logged_model_loads_from_mlflow_as_it_was_logged_after_training_went_o
     tracker.start_run("model")
     model, x = Net(), torch.randn(5, 4)
     logged_output = model(x).detach()
-    info = tracker.log_model(model, registered_model_name="battery-net")
+    info = tracker.log_model(model, registered_model_name="battery-net")  # the agent is still starting
     for step in range(3):
         train_a_step(model)
         tracker.log_metric("loss", float(step), step=step)
@@ -50,6 +50,7 @@ def test_a_logged_model_loads_from_mlflow_as_it_was_logged_after_training_went_o
     run_id = tracker.get_run_id()
     report = tracker.end_run()
 
+    assert info.model_uri == f"runs:/{run_id}/model"  # logged before MLflow had the run: the same URI
     assert isinstance(info, ModelInfo) and info.artifact_path == "model" and info.serialization_format == "pickle"
     assert info.local_path == tracker.get_run_dir() / "artifacts" / "model"
     assert all(s["rejected"] == 0 and s["errors"] == 0 and s["undelivered"] == 0 for s in report.sinks.values())

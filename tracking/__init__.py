@@ -5,10 +5,16 @@ Imported on the caller's thread. `Tracker` is the general form; `LocalTracker`, 
 """
 from __future__ import annotations
 
+import os as _os
+import sys as _sys
+
+if _os.name != "posix":  # fcntl locks, fork hooks, pidfds: say so, not "No module named 'fcntl'"
+    raise ImportError(f"batteryml-tracking runs on POSIX systems (Linux), not on {_sys.platform}")
+
 from .errors import *  # noqa: F401,F403 - the exceptions are part of the public API
 from .errors import __all__ as _errors_all
 from .agent.engine import RetryPolicy
-from .sinks import PermanentSinkError, RunContext, Sink
+from .sinks import PermanentSinkError, Resume, RunContext, Sink
 from .models import ModelInfo
 from .stats import RunReport, TrackerStats
 from .tracker import RunState, Tracker
@@ -31,6 +37,7 @@ __all__ = [
     "ModelInfo",
     "Sink",
     "RunContext",
+    "Resume",
     "PermanentSinkError",
     *_errors_all,
 ]

@@ -4,7 +4,7 @@
  * Caller's thread (inside Tracker.log_metric / log_metrics, under the GIL): `scalar_event` and
  * `scalars_event`, the event tuple for a plain call, or None for anything else. They take only
  * calls whose checks are type tests: a plain ASCII key (or a key set `events._KNOWN_KEYS` holds),
- * no step or an int step in [0, MAX_STEP], float values, or a torch tensor not on CUDA whose item()
+ * no step or an int step in [0, MAX_STEP], float values, or a torch tensor on the CPU whose item()
  * is a float or an int (read now, as the Python path reads it). For every other call they return
  * None with nothing done, and the Python path in `tracking.events` (`metric_event`,
  * `metrics_event`) checks, coerces and raises as it always has: there is one place that words
@@ -35,7 +35,7 @@ static PyObject *tensor_type;  /* torch.Tensor once torch is imported */
  * every event of a key set in the queue and the journal's batches. */
 static PyObject *last_key;     /* (key,) of the latest log_metric */
 static PyObject *last_keys;    /* the keys of the latest log_metrics */
-static PyObject *str_is_cuda, *str_item;
+static PyObject *str_is_cpu, *str_item;
 
 static PyObject *new_known_keys(PyObject *metrics, Py_ssize_t n);
 
@@ -94,13 +94,13 @@ static PyObject *plain_value(PyObject *value) {
     PyObject *tensor = torch_tensor();
     if (tensor == NULL || (PyObject *)Py_TYPE(value) != tensor)
         return NULL;
-    PyObject *is_cuda = PyObject_GetAttr(value, str_is_cuda);
-    if (is_cuda != Py_False) { /* a CUDA tensor (snapshotted in Python), or an error */
-        Py_XDECREF(is_cuda);
+    PyObject *is_cpu = PyObject_GetAttr(value, str_is_cpu);
+    if (is_cpu != Py_True) { /* on an accelerator (snapshotted in Python, never read here), or an error */
+        Py_XDECREF(is_cpu);
         return python_path();
     }
-    Py_DECREF(is_cuda);
-    /* What the Python path does too for a tensor that is not on CUDA: read it now. */
+    Py_DECREF(is_cpu);
+    /* What the Python path does too for a tensor on the CPU: read it now. */
     PyObject *number = PyObject_CallMethodNoArgs(value, str_item);
     if (number == NULL) /* more than one element, a meta tensor: the Python path says why */
         return python_path();
@@ -347,9 +347,9 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "tracking._speedups", NULL, -1, methods};
 
 PyMODINIT_FUNC PyInit__speedups(void) {
-    str_is_cuda = PyUnicode_InternFromString("is_cuda");
+    str_is_cpu = PyUnicode_InternFromString("is_cpu");
     str_item = PyUnicode_InternFromString("item");
-    if (str_is_cuda == NULL || str_item == NULL)
+    if (str_is_cpu == NULL || str_item == NULL)
         return NULL;
     return PyModule_Create(&module);
 }

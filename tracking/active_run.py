@@ -113,7 +113,7 @@ class AsyncRun:
                 timed_out |= answer.timed_out
                 sinks.update(answer.sinks)
         sinks = self._complete(sinks, last_seq)
-        finish_meta(self.run.run_dir, status, last_seq, sinks, timed_out, **extra)
+        _finish_meta(self.run, status, last_seq, sinks, timed_out, **extra)
         self._store.close_views()
         return _report(self.run, status, last_seq, extra, sinks, timed_out)
 
@@ -144,11 +144,9 @@ class AsyncRun:
             done.update(answer.sinks if answer is not None else link.progress(self.run.run_id))
         if not process:
             sinks = self._complete(done, last_seq)
-            finish_meta(self.run.run_dir, status, last_seq, sinks, False, **extra)
+            _finish_meta(self.run, status, last_seq, sinks, False, **extra)
             return _report(self.run, status, last_seq, extra, sinks, False)
-        meta = read_meta(self.run.run_dir)
-        meta.update(pending_status=status, end_time=extra["end_time"], events=last_seq)
-        write_meta(self.run.run_dir, meta)
+        _pending_meta(self.run, status, last_seq, extra["end_time"])
         waiters = [link.end_run(EndRun(self.run.run_id, status, last_seq, 0.0, background=True,
                                        meta={**extra, "other_sinks": done}))
                    for link in process]
@@ -210,7 +208,7 @@ class SyncRun:
         last_seq, sinks, timed_out = self.delivery.stop(status, timeout_s)
         extra = {"dropped": 0, "tags": dict(self.journal.tags), "unrecorded": self.journal.unrecorded,
                  "end_time": time.time()}
-        finish_meta(self.run.run_dir, status, last_seq, sinks, timed_out, **extra)
+        _finish_meta(self.run, status, last_seq, sinks, timed_out, **extra)
         return _report(self.run, status, last_seq, extra, sinks, timed_out)
 
     def stats(self) -> TrackerStats:
@@ -220,6 +218,30 @@ class SyncRun:
 
     def forget_after_fork(self) -> None:
         self.delivery.store.forget_after_fork()
+
+
+def _finish_meta(run: RunContext, status: str, last_seq: int, sinks: dict[str, dict[str, Any]], timed_out: bool,
+                 **extra: Any) -> None:
+    """The run's final meta.json; a disk that refuses it costs that file, never the end of the run."""
+    try:
+        finish_meta(run.run_dir, status, last_seq, sinks, timed_out, **extra)
+    except OSError as exc:
+        _meta_refused(run, exc)
+
+
+def _pending_meta(run: RunContext, status: str, last_seq: int, end_time: float) -> None:
+    """meta.json while the agent finishes the run in the background: the status it will get."""
+    try:
+        meta = read_meta(run.run_dir)
+        meta.update(pending_status=status, end_time=end_time, events=last_seq)
+        write_meta(run.run_dir, meta)
+    except (OSError, ValueError) as exc:
+        _meta_refused(run, exc)
+
+
+def _meta_refused(run: RunContext, exc: BaseException) -> None:
+    _logger.error("cannot write %s/meta.json (%s); the run ended all the same, and its journal holds what "
+                  "was logged (python -m tracking show %s)", run.run_dir, exc, run.run_dir)
 
 
 def _report(run: RunContext, status: str, last_seq: int, extra: dict[str, Any],

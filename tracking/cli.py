@@ -14,7 +14,8 @@ from typing import Any, Sequence
 
 import orjson
 
-from .agent.cursors import DeliveryStore
+from .agent.cursors import DeliveryStore, nobody_delivers
+from .agent.engine import replay_command
 from .agent.replay import DEFAULT_REPLAY_TIMEOUT_S, replay
 from .errors import ReplayError
 from .journal import JournalReader
@@ -37,12 +38,20 @@ def _delivery(run_dir: Path, meta: dict[str, Any]) -> tuple[int, dict[str, dict[
     return journaled, sinks
 
 
-def _status(meta: dict[str, Any], sinks: dict[str, dict[str, Any]]) -> str:
+def _status(meta: dict[str, Any], sinks: dict[str, dict[str, Any]], orphaned: bool) -> str:
     status = str(meta.get("status", ""))
+    behind = ", ".join(f"{n} {r['undelivered']:,} behind" for n, r in sinks.items() if r["undelivered"])
+    if orphaned:
+        ended = f"ended {meta['pending_status']}; " if "pending_status" in meta else ""
+        return f"{status} ({ended}its process is gone and nothing delivers it: {behind or 'nothing'} undelivered)"
     if "pending_status" in meta:
-        behind = ", ".join(f"{n} {r['undelivered']:,} behind" for n, r in sinks.items() if r["undelivered"])
         return f"{status} (ended {meta['pending_status']}; delivering{': ' + behind if behind else ''})"
     return status
+
+
+def _replay_commands(run_dir: Path, sinks: dict[str, dict[str, Any]], orphaned: bool) -> list[str]:
+    """What delivers the rest of a run nothing delivers any more (none for a run being delivered)."""
+    return [replay_command(run_dir, name) for name, r in sinks.items() if orphaned and r["undelivered"]]
 
 
 def _runs(base_dir: Path) -> list[dict[str, Any]]:
@@ -54,6 +63,8 @@ def _runs(base_dir: Path) -> list[dict[str, Any]]:
             continue
         meta["metrics"] = _metrics(meta_path.parent)
         meta["journaled"], meta["sinks"] = _delivery(meta_path.parent, meta)
+        meta["delivering"] = not nobody_delivers(meta_path.parent, meta)
+        meta["replay_commands"] = _replay_commands(meta_path.parent, meta["sinks"], not meta["delivering"])
         rows.append(meta)
     return rows
 
@@ -76,11 +87,16 @@ def _print_runs(rows: list[dict[str, Any]], metric_keys: Sequence[str]) -> None:
     for r in rows:
         duration = f"{r['end_time'] - r['start_time']:.1f}" if r.get("end_time") else "-"
         values = [_fmt_metric(r["metrics"].get(k)) for k in metric_keys]
-        table.append([r["run_id"], r.get("run_name", ""), _status(r, r["sinks"]), _fmt_time(r.get("start_time")),
-                      duration, *values])
+        table.append([r["run_id"], r.get("run_name", ""), _status(r, r["sinks"], not r["delivering"]),
+                      _fmt_time(r.get("start_time")), duration, *values])
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+    commands = [command for r in rows for command in r["replay_commands"]]
+    if commands:
+        print("\nruns that nothing delivers any more; deliver them with:")
+        for command in commands:
+            print(f"  {command}")
 
 
 def _fmt_metric(value: Any) -> str:
@@ -98,18 +114,20 @@ def _show(run: str, base_dir: Path, as_json: bool) -> int:
         print(f"error: cannot read {run_dir / META_FILE}: {exc}", file=sys.stderr)
         return 2
     journaled, sinks = _delivery(run_dir, meta)
+    orphaned = nobody_delivers(run_dir, meta)
     info = {
         "run_id": meta.get("run_id"), "status": meta.get("status"), "pending_status": meta.get("pending_status"),
         "experiment": meta.get("experiment"), "config": JournalReader(run_dir).header_only().get("config", {}),
         "tags": meta.get("tags", {}),
         "metrics": _metrics(run_dir),
         "journaled": journaled, "sinks": sinks,
+        "delivering": not orphaned, "replay_commands": _replay_commands(run_dir, sinks, orphaned),
     }
     if as_json:
         sys.stdout.write(orjson.dumps(info, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
         return 0
     print(f"run_id: {info['run_id']}")
-    print(f"status: {_status(meta, sinks)}")
+    print(f"status: {_status(meta, sinks, orphaned)}")
     print(f"experiment: {info['experiment']}")
     for section in ("config", "tags", "metrics"):
         print(f"{section}:")
@@ -119,6 +137,8 @@ def _show(run: str, base_dir: Path, as_json: bool) -> int:
     for name, s in sinks.items():
         print(f"  {name}: delivered {s.get('delivered_seq', 0)}, undelivered {s.get('undelivered', 0)}, "
               f"errors {s.get('errors', 0)}, {s.get('state', '?')}")
+    for command in info["replay_commands"]:
+        print(f"deliver the rest with: {command}")
     return 0
 
 

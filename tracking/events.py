@@ -4,7 +4,7 @@ Built on the caller's thread by the functions here (validation and value capture
 serialisation, no device synchronisation); prepared on the writer thread (`tracking.run_journal`)
 and read by the delivery agent and sinks. A log call's event comes from `scalar_event` /
 `scalars_event`: the C fast path (`tracking/_speedups.c`) for plain calls (a str key, float values
-or a one-element tensor not on CUDA, an int step), and `metric_event` / `metrics_event`, the Python path with every
+or a one-element tensor on the CPU, an int step), and `metric_event` / `metrics_event`, the Python path with every
 check and error, for the rest (and for every call where the C module was not built).
 
 On the caller's side an event is a plain tuple whose first item names its kind, its time last.
@@ -27,7 +27,7 @@ queue, long enough to be moved into the oldest generation, and each full collect
 user's whole heap: with dicts inside, collections took 0.45 µs a scalar of the training process's
 CPU (`benchmarks/delivery_cpu.py`). The journal keeps SCALARS as they are (the delivery agent builds
 the dicts); METRICS, `(METRICS, values: dict, step, timestamp_s)`, is the form sinks receive, and
-what the writer makes of `METRICS_DEFERRED` (the caller-side form of metrics holding CUDA
+what the writer makes of `METRICS_DEFERRED` (the caller-side form of metrics holding device
 snapshots, rare; `tracking.run_journal` reads them).
 
 Before the journal holds a metric event its step is resolved (never None) and every value is a
@@ -110,26 +110,35 @@ MAX_NAME_BYTES = 255
 _MIN_INT, _MAX_UINT = -(2**63), 2**64 - 1
 
 
-class CudaScalar:
-    """An asynchronous host copy of a CUDA scalar, read on the writer thread.
+class DeviceScalar:
+    """A copy of a scalar tensor on an accelerator, read on the writer thread: the caller never
+    waits for the device.
 
-    The copy is queued on the tensor's current stream into pinned memory and an event is recorded
-    after it, so the caller never waits for the GPU; `read()` (writer thread) waits on that event.
+    CUDA: an asynchronous copy into pinned host memory, queued on the tensor's current stream, with
+    an event recorded after it; `read()` waits on that event. Any other device (MPS, XLA, ...): a
+    copy on the device, queued there like any other operation (so a later in-place change to the
+    tensor does not reach it); `read()` takes its value with `.item()`, which waits for the device
+    on the writer thread.
     """
 
-    __slots__ = ("_host", "_done")
+    __slots__ = ("_copy", "_done")
 
     def __init__(self, tensor: Any) -> None:
-        import torch
+        if tensor.is_cuda:
+            import torch
 
-        self._host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-        self._host.copy_(tensor.detach(), non_blocking=True)
-        self._done = torch.cuda.Event()
-        self._done.record(torch.cuda.current_stream(tensor.device))
+            self._copy = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            self._copy.copy_(tensor.detach(), non_blocking=True)
+            self._done = torch.cuda.Event()
+            self._done.record(torch.cuda.current_stream(tensor.device))
+        else:
+            self._copy = tensor.detach().clone()
+            self._done = None
 
     def read(self) -> float:
-        self._done.synchronize()
-        return float(self._host.reshape(()).item())
+        if self._done is not None:
+            self._done.synchronize()
+        return float(self._copy.reshape(()).item())
 
 
 def _describe(value: Any) -> str:
@@ -143,7 +152,7 @@ def metric_event(key: Any, value: Any, step: Any) -> tuple:
     """The event of a `log_metric` call, the Python way: every check, and the error that says what to fix.
 
     Called on the caller's thread for what `scalar_event` (the C fast path) did not take: a
-    numpy scalar, an int, a CUDA tensor, a bad argument; for every call where the C module was not built.
+    numpy scalar, an int, a tensor on an accelerator, a bad argument; for every call where the C module was not built.
     """
     if not _plain_key(key):
         check_key(key)
@@ -151,7 +160,7 @@ def metric_event(key: Any, value: Any, step: Any) -> tuple:
         step = check_step(step)
     if type(value) is not float:
         value = coerce_value(key, value)
-        if type(value) is CudaScalar:
+        if type(value) is DeviceScalar:
             return (METRICS_DEFERRED, {key: value}, step, _time())
     return (SCALARS, (key,), (value,), step, _time())
 
@@ -177,7 +186,7 @@ def capture_metrics(metrics: Mapping[str, Any]) -> tuple[str, tuple[str, ...], t
     that calls `.item()` itself logs, step after step) are checked in C: two tuples, a type test
     over the values, a set lookup for the keys. Anything else goes key by key (`_capture_each`,
     `coerce_value`): a CPU 0-d tensor (the trainer's case) is read with one `item()`. The kind is
-    METRICS_DEFERRED if a value is a CUDA snapshot, else SCALARS.
+    METRICS_DEFERRED if a value is a device snapshot, else SCALARS.
     """
     if type(metrics) is not dict:  # another Mapping: key by key (its keys may not even hash)
         items = tuple(metrics.items())
@@ -225,21 +234,21 @@ def _capture_each(keys: tuple[Any, ...], raw: tuple[Any, ...]) -> tuple[str, tup
             check_key(key)
         if type(value) is not float:
             value = coerce_value(key, value)
-            if type(value) is CudaScalar:
+            if type(value) is DeviceScalar:
                 kind = METRICS_DEFERRED
         values.append(value)
     return kind, tuple(str(k) for k in keys), tuple(values)
 
 
-def coerce_value(key: str, value: Any) -> float | CudaScalar:
-    """The float to log for `value` (or a CUDA snapshot); raises InvalidMetricError otherwise.
+def coerce_value(key: str, value: Any) -> float | DeviceScalar:
+    """The float to log for `value` (or a device snapshot); raises InvalidMetricError otherwise.
 
     Called on the caller's thread for anything that is not already a `float`.
     """
     tp = type(value)
     torch = sys.modules.get("torch")
     if torch is not None and tp is torch.Tensor:  # the trainer's case: first, without isinstance
-        if not value.is_cuda:
+        if value.is_cpu:
             # Reading a CPU scalar now is the cheapest way to keep the value as it is at the call
             # (`running_loss += loss` right after must not change what was logged): ~0.5 µs vs
             # ~4 µs for a clone. item() refuses tensors of more than one element.
@@ -280,11 +289,15 @@ def _to_float(key: str, value: Any) -> float:
         ) from None
 
 
-def _coerce_tensor(key: str, tensor: Any, torch: Any) -> float | CudaScalar:
-    """A CUDA tensor's snapshot; for a CPU one, what `coerce_value`'s fast path did not take."""
-    if tensor.is_cuda:
+def _coerce_tensor(key: str, tensor: Any, torch: Any) -> float | DeviceScalar:
+    """A snapshot of a tensor on an accelerator (never `.item()` here: that waits for the device);
+    for a CPU one, what `coerce_value`'s fast path did not take."""
+    if not tensor.is_cpu:
         _check_tensor(key, tensor, torch)
-        return CudaScalar(tensor)
+        if tensor.is_meta:
+            raise InvalidMetricError(f"metric value must hold a number, got a tensor on the meta device "
+                                     f"(shapes only) for key {key!r}")
+        return DeviceScalar(tensor)
     try:
         value = tensor.item()
     except (RuntimeError, ValueError):

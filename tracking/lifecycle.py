@@ -77,7 +77,7 @@ def _end_all(status: str) -> None:
         try:
             tracker._end_from_hook(status, EXIT_TIMEOUT_S)
         except Exception:  # one tracker's failure must not stop the others from ending
-            _logger.exception("tracking: could not end a run at exit")
+            _logger.exception("could not end a run at exit")
 
 
 def _at_exit() -> None:
@@ -86,7 +86,7 @@ def _at_exit() -> None:
         try:
             tracker._close_links_at_exit()
         except Exception:
-            _logger.exception("tracking: could not let a delivery agent go at exit")
+            _logger.exception("could not let a delivery agent go at exit")
 
 
 def _wrap_excepthook() -> None:

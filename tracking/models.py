@@ -23,15 +23,16 @@ A second model logged at the same `artifact_path` in one run goes to `{artifact_
 from __future__ import annotations
 
 import errno
+import functools
 import inspect
 import logging
 import os
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import InvalidModelError, InvalidNameError
 from .events import check_text
@@ -54,19 +55,31 @@ _placing = threading.Lock()
 class ModelInfo:
     """What `log_model` returns: where the model is, now and once delivered.
 
-    model_uri: what `mlflow.pytorch.load_model` takes: `runs:/<mlflow run id>/<artifact_path>` when
-        the tracker sends to MLflow and MLflow has the run already, else the local folder.
     local_path: the saved folder inside the run's `artifacts/`; loadable at once.
     artifact_path: where the model is under the run's artifacts (here and in MLflow).
     registered_model_name: the registry name a version is created under, or None.
     serialization_format: "pickle", "pt2" (an MLflow Model) or "torch.save" (no mlflow installed).
+    model_uri: see below.
     """
 
-    model_uri: str
     local_path: Path
     artifact_path: str
     registered_model_name: str | None
     serialization_format: str
+    #: the MLflow run's id, waited for (None: the tracker does not send to MLflow)
+    _mlflow_run_id: Callable[[], str] | None = field(default=None, repr=False, compare=False)
+
+    @functools.cached_property
+    def model_uri(self) -> str:
+        """What `mlflow.pytorch.load_model` takes: `runs:/<MLflow run id>/<artifact_path>` on a
+        tracker that sends to MLflow, else the local folder; the same whenever it is read.
+
+        The MLflow run is made by the delivery agent shortly after `start_run`: the first read
+        waits for it (at most the tracker's `flush_timeout_s`) and raises `RunIdPendingError`
+        if MLflow has no run by then (read it again later)."""
+        if self._mlflow_run_id is None:
+            return str(self.local_path)
+        return f"runs:/{self._mlflow_run_id()}/{self.artifact_path}"
 
 
 def check_model(model: Any) -> None:
@@ -161,7 +174,7 @@ def _save_mlflow_model(mlflow_pytorch: Any, model: Any, folder: Path, input_exam
 def _save_torch(model: Any, folder: Path, input_example: Any) -> str:
     torch = _import_torch()
     if input_example is not None:
-        _logger.warning("tracking: log_model: input_example is kept only in an MLflow Model "
+        _logger.warning("log_model: input_example is kept only in an MLflow Model "
                         "(pip install mlflow); it is ignored here")
     try:
         import cloudpickle as pickle_module

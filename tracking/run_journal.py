@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from .events import ARTIFACT, FIGURE, METRICS_DEFERRED, MODEL, SCALARS, TAG, CudaScalar
+from .events import ARTIFACT, FIGURE, METRICS_DEFERRED, MODEL, SCALARS, TAG, DeviceScalar
 from .journal import JournalWriter
 from .rundir import FIGURES_DIR
 from .steps import StepResolver
@@ -82,7 +82,7 @@ class RunJournal:
             self._hold(batch, has_paths, exc)
             return None
         if self._held:
-            _logger.warning("tracking: the journal %s is writable again; %d held events are journaled",
+            _logger.warning("the journal %s is writable again; %d held events are journaled",
                             self.journal.path, len(self._held))
             self._held, self._held_paths = [], False
         return result
@@ -95,12 +95,12 @@ class RunJournal:
             self.journal.close(status)
         except OSError as exc:
             self.errors += 1
-            _logger.error("tracking: cannot end the journal %s (%s); readers treat the run as killed",
+            _logger.error("cannot end the journal %s (%s); readers treat the run as killed",
                           self.journal.path, exc)
             self.journal.abandon()
         if self._held:
             self.disk_dropped += len(self._held)
-            _logger.error("tracking: %d events could not be journaled before the run ended (the disk "
+            _logger.error("%d events could not be journaled before the run ended (the disk "
                           "stayed full) and are lost", len(self._held))
             self._held = []
 
@@ -108,7 +108,7 @@ class RunJournal:
         try:
             self.journal.sync()
         except OSError as exc:
-            _logger.warning("tracking: cannot fsync the journal %s: %s", self.journal.path, exc)
+            _logger.warning("cannot fsync the journal %s: %s", self.journal.path, exc)
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -159,12 +159,12 @@ class RunJournal:
     def _hold(self, batch: list[tuple], has_paths: bool, exc: OSError) -> None:
         self.errors += 1
         if self.errors == 1 or not self._held:
-            _logger.error("tracking: cannot write the journal %s (%s); up to %d events are held in memory "
+            _logger.error("cannot write the journal %s (%s); up to %d events are held in memory "
                           "until the disk takes them again", self.journal.path, exc, self._hold_events)
         if len(batch) > self._hold_events:
             dropped = len(batch) - self._hold_events
             if self.disk_dropped == 0:
-                _logger.error("tracking: the journal's disk stayed full; events past the first %d held "
+                _logger.error("the journal's disk stayed full; events past the first %d held "
                               "are dropped (counted in the run's report)", self._hold_events)
             self.disk_dropped += dropped
             batch = batch[: self._hold_events]
@@ -172,7 +172,7 @@ class RunJournal:
 
     def _prepare_failed(self, event: tuple, exc: BaseException) -> None:
         self.prepare_errors += 1
-        _logger.error("tracking: an event could not be recorded and is left out (%s: %s): %.200r",
+        _logger.error("an event could not be recorded and is left out (%s: %s): %.200r",
                       type(exc).__name__, exc, event)
 
 
@@ -180,5 +180,5 @@ def _read_cuda(event: tuple) -> tuple:
     """A METRICS_DEFERRED event as the SCALARS event it stands for, every CUDA snapshot read (this
     waits for the copies the caller queued, here on the writer thread, never on the caller's)."""
     _, values, step, ts = event
-    read = tuple(v.read() if type(v) is CudaScalar else v for v in values.values())
+    read = tuple(v.read() if type(v) is DeviceScalar else v for v in values.values())
     return (SCALARS, tuple(values), read, step, ts)

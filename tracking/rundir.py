@@ -78,9 +78,13 @@ def write_json_atomic(path: Path, value: Any, raw: bytes | None = None) -> None:
     """Replace `path` with `value` as JSON so that a reader sees the old or the new file, never half."""
     data = dumps(value) if raw is None else raw
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: leave the old file, and no half-written copy beside it
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def base_meta(run_id: str, run_name: str | None, experiment: str, start_time: float) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
+import functools
 import io
 import logging
 import os
@@ -22,17 +23,18 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+# A delivery thread (tracking.agent.link) runs anyio on asyncio, imported there lazily; asyncio is
+# imported here, on the importing thread, so that a fork() while that thread still imports it can't
+# leave the child with a half-imported module (seen: "partially initialized module 'asyncio'").
+import asyncio  # noqa: F401
 
 import anyio
 
-# The agent link and the writer use anyio's asyncio backend lazily; import it here, on the
-# importing thread, so a fork() that happens while a thread is still importing can't leave the
-# child with a half-imported module (seen: "partially initialized module 'asyncio'").
-import anyio._backends._asyncio  # noqa: F401
-
 from . import lifecycle
 from .active_run import AsyncRun, RunSettings, SyncRun
+from .agent.cursors import DeliveryStore
 from .agent.engine import RetryPolicy
 from .agent.link import PROCESS, THREAD, AgentLink
 from .agent.protocol import AgentOptions
@@ -238,7 +240,11 @@ class Tracker:
         run_dir = create_run_dir(self.base_dir, run_id)
         start = _time()
         meta = base_meta(run_id, run_name, self.experiment_name, start)
-        meta.update(mode=self.mode, rank=self.rank)
+        # Every sink, before any agent reports on one: a run nothing delivered still names them.
+        meta.update(mode=self.mode, rank=self.rank, sinks={sink.name: {} for sink in self.sinks})
+        mlflow = next((sink for sink in self.sinks if sink.name == _MLFLOW_SINK), None)
+        if isinstance(getattr(mlflow, "tracking_uri", None), str):
+            meta["tracking_uri"] = mlflow.tracking_uri  # redacted; replay's store if no agent ever says it
         write_meta(run_dir, meta)
         header = {"run_id": run_id, "run_name": run_name, "experiment": self.experiment_name,
                   "config": config, "start_time": start}
@@ -307,9 +313,9 @@ class Tracker:
             self._active = None
             lifecycle.untrack(self)
         if report.background:
-            _logger.info("tracking: %s", report.summary())
+            _logger.info("%s", report.summary())
         elif not report.complete or report.timed_out:
-            _logger.warning("tracking: %s", report.summary())
+            _logger.warning("%s", report.summary())
         return report
 
     def close(self, timeout_s: float | None = None) -> None:
@@ -383,7 +389,7 @@ class Tracker:
 
     def log_metric(self, key: str, value: Any, step: int | None = None) -> None:
         """Log one metric value (int, float, numpy scalar or 0-d tensor) at `step`."""
-        # C takes a plain call (a str key, a float or a tensor not on CUDA, an int step); the
+        # C takes a plain call (a str key, a float or a tensor on the CPU, an int step); the
         # Python path every other call, with the checks that raise.
         self._emit(scalar_event(key, value, step) or metric_event(key, value, step))
 
@@ -462,9 +468,10 @@ class Tracker:
             return None
         used, folder, fmt = save_model_folder(model, run_dir / ARTIFACTS_DIR, artifact_path, input_example)
         self._emit((MODEL, used, str(folder), registered_model_name, _time()))
-        mlflow_run_id = self._mlflow_run_id()
-        uri = f"runs:/{mlflow_run_id}/{used}" if mlflow_run_id else str(folder)
-        return ModelInfo(uri, folder, used, registered_model_name, fmt)
+        # This run's MLflow run, whatever runs the tracker starts afterwards: read from its directory.
+        mlflow_run_id = (functools.partial(_mlflow_run_of, DeliveryStore(run_dir), self.run_id, self.flush_timeout_s)
+                         if self._sends_to_mlflow() else None)
+        return ModelInfo(folder, used, registered_model_name, fmt, mlflow_run_id)
 
     def get_run_id(self, timeout_s: float | None = None) -> str | None:
         """The MLflow run id where this tracker has a sink named "mlflow", else ours (`run_id`);
@@ -474,21 +481,11 @@ class Tracker:
         waits (at most `timeout_s`, default `flush_timeout_s`) and raises RunIdPendingError if
         MLflow still has no run by then (e.g. its server is down).
         """
-        if self.run_id is None or all(sink.name != _MLFLOW_SINK for sink in self.sinks):
+        if self.run_id is None or not self._sends_to_mlflow():
             return self.run_id
-        deadline = time.monotonic() + (self.flush_timeout_s if timeout_s is None else timeout_s)
-        known = self._mlflow_run_id()
-        while known is None and time.monotonic() < deadline:
-            time.sleep(_RUN_ID_POLL_S)
-            known = self._mlflow_run_id()
-        if known is None:
-            stats = self.stats()
-            raise RunIdPendingError(
-                f"MLflow has no run for {self.run_id!r} yet (the MLflow sink's failed calls so far: "
-                f"{stats.sink_errors.get(_MLFLOW_SINK, 0)}); call get_run_id() again later, or see "
-                f"`python -m tracking show {self.run_id}`"
-            )
-        return known
+        return _wait_for_mlflow_run(self.run_id, self._mlflow_run_id,
+                                    self.flush_timeout_s if timeout_s is None else timeout_s,
+                                    lambda: self.stats().sink_errors.get(_MLFLOW_SINK, 0))
 
     def create_experiment(self, name: str) -> str:
         """Create an experiment (an MLflow experiment where an MLflow sink is used); returns its name."""
@@ -525,6 +522,9 @@ class Tracker:
         return TrackerStats.of(report.sinks, report.events, dropped=report.dropped, agent_pid=agent_pid, ended=True)
 
     # -- internals ------------------------------------------------------------------------------------
+
+    def _sends_to_mlflow(self) -> bool:
+        return any(sink.name == _MLFLOW_SINK for sink in self.sinks)
 
     def _mlflow_run_id(self) -> str | None:
         """The MLflow run id of the active (or last) run, if the MLflow sink has reported it."""
@@ -571,6 +571,31 @@ def _png_bytes(figure: Any) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def _wait_for_mlflow_run(run_id: str, known: Callable[[], str | None], timeout_s: float,
+                         errors: Callable[[], int]) -> str:
+    """The MLflow run id `known()` gives, polled until `timeout_s`; RunIdPendingError after that."""
+    deadline = time.monotonic() + timeout_s
+    found = known()
+    while found is None and time.monotonic() < deadline:
+        time.sleep(_RUN_ID_POLL_S)
+        found = known()
+    if found is None:
+        raise RunIdPendingError(
+            f"MLflow has no run for {run_id!r} yet (the MLflow sink's failed calls so far: {errors()}); "
+            f"ask again later, or see `python -m tracking show {run_id}`"
+        )
+    return found
+
+
+def _mlflow_run_of(store: DeliveryStore, run_id: str, timeout_s: float) -> str:
+    """The MLflow run id the MLflow sink's delivery state of one run names, waited for."""
+    def state() -> dict[str, Any]:
+        return store.load(_MLFLOW_SINK) or {}
+
+    return _wait_for_mlflow_run(run_id, lambda: (state().get("facts") or {}).get("mlflow_run_id"), timeout_s,
+                                lambda: state().get("errors", 0))
 
 
 def _close_links(links: list[AgentLink]) -> None:

@@ -119,7 +119,7 @@ class WriterThread:
         try:
             self._loop()
         except BaseException:  # never silently: callers see is_alive() turn False, and the log says why
-            _logger.exception("tracking: the writer thread crashed; what was journaled is delivered")
+            _logger.exception("the writer thread crashed; what was journaled is delivered")
 
     def _loop(self) -> None:
         queue, wake = self.queue, self.queue.wake
@@ -173,7 +173,7 @@ class WriterThread:
             journaled = self.journal.record(events)
         except Exception:  # the loop must outlive anything a batch can do
             self.unrecorded += len(events)
-            _logger.exception("tracking: a batch of %d events could not be journaled", len(events))
+            _logger.exception("a batch of %d events could not be journaled", len(events))
             return
         if journaled is not None:
             self._wake_agents()

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from tracking.sinks.base import RunContext
 
-__all__ = ["RecordingSink", "FailingSink", "FailingOpenSink", "GateSink", "SlowSink"]
+__all__ = ["RecordingSink", "FailingSink", "FailingOpenSink", "GateSink", "SlowSink", "TalkativeSink"]
 
 
 class RecordingSink:
@@ -108,3 +108,31 @@ class SlowSink(RecordingSink):
     def write(self, events: Sequence[tuple]) -> None:
         time.sleep(self.per_event_s * len(events))
         super().write(events)
+
+
+class TalkativeSink:
+    """Built in the agent process (named by class): warns once per run and logs at two levels there."""
+
+    name = "talkative"
+
+    def __init__(self) -> None:
+        self.events = 0
+
+    def open(self, run: RunContext) -> None:
+        import logging
+        import warnings
+
+        warnings.warn("talkative sink opened", UserWarning)
+        logging.getLogger("tracking.test.talkative").debug("opened for %d events so far", self.events)
+
+    def write(self, events: Sequence[tuple]) -> None:
+        self.events += len(events)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self, status: str) -> None:
+        import logging
+
+        logging.getLogger("tracking.test.talkative").info("closed after %d events", self.events)
+        self.events = 0

@@ -1,10 +1,11 @@
-"""`python -m tracking.agent --fd N --wake-fd M --parent-pid P`: a tracker's delivery agent process.
+"""The delivery agent process: `main(["--fd", N, "--wake-fd", M, "--parent-pid", P])`.
 
 Runs on the main thread of its own process, started by the training process's `AgentLink` in a new
-session, so that the terminal's Ctrl-C and a SIGTERM to the training job's process group do not
-reach it: it ends through its control channel (fd N), or when the training process (P) is gone,
-after it has delivered what was journaled. Its log records go back over the channel while the
-training process lives, and to stderr after.
+session (through `tracking.spawn`, or by hand as ``python -m tracking.agent``), so that the
+terminal's Ctrl-C and a SIGTERM to the training job's process group do not reach it: it ends
+through its control channel (fd N), or when the training process (P) is gone, after it has
+delivered what was journaled. Its log records and warnings go back over the channel while the
+training process lives (which logs and warns them as its own), and to stderr after.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+import warnings
 from typing import Sequence
 
 import anyio
@@ -52,13 +54,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _forward_logs(agent: Agent) -> None:
-    handler = ChannelLogHandler(agent)
-    for name in ("tracking", "py.warnings"):
-        logger = logging.getLogger(name)
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-    logging.captureWarnings(True)
+    """Our log records and every warning go to the training process (its level comes with
+    `Configure`; until then INFO), or to stderr once it is gone."""
+    logger = logging.getLogger("tracking")
+    logger.addHandler(ChannelLogHandler(agent))
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    # Every occurrence goes over (up to a cap): the training process's filters and registries
+    # decide what is shown, as if the warning were raised there. The categories Python ignores by
+    # default stay ignored here, unless the user's -W / PYTHONWARNINGS said otherwise.
+    if not sys.warnoptions:
+        warnings.simplefilter("always")
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.filterwarnings("ignore", category=category)
+    warnings.showwarning = agent.forward_warning
 
 
 if __name__ == "__main__":

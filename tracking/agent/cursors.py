@@ -20,6 +20,7 @@ import fcntl
 import logging
 import mmap
 import os
+import socket
 import struct
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ import orjson
 from ..errors import SinkBusyError
 from ..rundir import DELIVERY_DIR, write_json_atomic
 
-__all__ = ["DeliveryStore"]
+__all__ = ["DeliveryStore", "nobody_delivers"]
 
 _logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class DeliveryStore:
         except FileNotFoundError:
             return None
         except (OSError, orjson.JSONDecodeError) as exc:
-            _logger.warning("tracking: cannot read the delivery state of sink %r in %s (%s); it is "
+            _logger.warning("cannot read the delivery state of sink %r in %s (%s); it is "
                             "delivered from the start", sink, self.dir, exc)
             return None
         return state if isinstance(state, dict) else None
@@ -74,6 +75,20 @@ class DeliveryStore:
         """Replace the sink's state atomically; raises OSError if the disk refuses."""
         self.dir.mkdir(exist_ok=True)
         write_json_atomic(self.dir / f"{sink}.json", state)
+
+    def deliverers(self) -> dict[str, int]:
+        """The pid each sink's lock file names (its last deliverer, maybe gone), by sink name."""
+        found: dict[str, int] = {}
+        try:
+            paths = sorted(self.dir.glob("*.lock"))
+        except OSError:
+            return found
+        for path in paths:
+            try:
+                found[path.stem] = int(path.read_text().strip() or 0)
+            except (OSError, ValueError):
+                continue
+        return found
 
     def claim(self, sink: str) -> None:
         """Become the sink's one deliverer for this run; raises SinkBusyError if a live process is."""
@@ -150,3 +165,28 @@ class DeliveryStore:
             except OSError:
                 pass
         self._locks, self._seq_fds, self._views = {}, {}, {}
+
+
+def nobody_delivers(run_dir: str | os.PathLike, meta: dict[str, Any]) -> bool:
+    """True for a run not ended, whose training process is gone and that no live process delivers:
+    an agent that could not start, or died with its training process. Only replay delivers it now.
+
+    Known for runs of this host only (pids mean nothing elsewhere): False for another host's."""
+    if meta.get("status") != "RUNNING" or meta.get("host") != socket.gethostname():
+        return False
+    pids = [meta.get("pid"), *DeliveryStore(run_dir).deliverers().values()]
+    return not any(_alive(pid) for pid in pids if isinstance(pid, int) and pid > 0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:  # a zombie delivers nothing
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True

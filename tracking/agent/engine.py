@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import SinkBusyError
-from ..sinks.base import PermanentSinkError, RunContext, Sink
+from ..sinks.base import PermanentSinkError, Resume, RunContext, Sink
 from ..journal import JournalReader
 from ..journal.reader import DEFAULT_CHUNK_EVENTS
 from .cursors import DeliveryStore
@@ -153,7 +153,7 @@ class SinkSlot:
         except (SinkBusyError, OSError) as exc:
             slot = cls(sink, run, **kwargs)
             slot.state, slot.last_error = SlotState.GAVE_UP, str(exc)
-            _logger.error("tracking: %s", exc)
+            _logger.error("%s", exc)
             return slot
         return cls(sink, run, store=store, **kwargs)
 
@@ -188,10 +188,10 @@ class SinkSlot:
         self.checkpoint = saved.get("checkpoint")
         return True
 
-    def _resume_context(self) -> dict[str, Any]:
+    def _resume_context(self) -> Resume | None:
         if not self._resumed:
-            return {}
-        return {**self.facts, "committed_seq": self.committed_seq, "checkpoint": self.checkpoint}
+            return None
+        return Resume(self.committed_seq, self.checkpoint, dict(self.facts))
 
     # -- the one place a sink is called -------------------------------------------------------
 
@@ -208,7 +208,7 @@ class SinkSlot:
         except Exception as exc:  # a sink may raise anything; it must never reach the caller
             return self._failed(method, exc), exc
         if self.state is SlotState.FAILING:
-            _logger.warning("tracking: sink %r recovered; catching up", self.name)
+            _logger.warning("sink %r recovered; catching up", self.name)
             self.state = SlotState.OPEN
         self._failures, self._failing_since = 0, None
         return Outcome.DELIVERED, result
@@ -220,7 +220,7 @@ class SinkSlot:
         self.last_error = f"{type(exc).__name__}: {exc}"
         if self._failing_since is None:
             self._failing_since = now
-            _logger.warning("tracking: sink %r failed in %s (%s); retrying with back-off, other sinks go on",
+            _logger.warning("sink %r failed in %s (%s); retrying with back-off, other sinks go on",
                             self.name, method, self.last_error)
         give_up_after = self._retry.give_up_after_s
         if give_up_after is not None and now - self._failing_since >= give_up_after:
@@ -233,7 +233,7 @@ class SinkSlot:
     def _give_up(self, reason: str) -> None:
         self.state = SlotState.GAVE_UP
         self.last_error = reason
-        _logger.error("tracking: sink %r gave up (%s); its events stay in the journal: replay them with %s",
+        _logger.error("sink %r gave up (%s); its events stay in the journal: replay them with %s",
                       self.name, reason, replay_command(self.run.run_dir, self.name))
         self._save()
 
@@ -301,7 +301,7 @@ class SinkSlot:
         self.last_error = f"rejected {refused} event(s): {exc}"
         if self.rejected - refused < _REJECTION_WARNINGS:
             example = chunk[0] if len(chunk) == 1 else f"{refused} of {len(chunk)} events"
-            _logger.warning("tracking: sink %r refused %.200r for good (%s); the other events are delivered",
+            _logger.warning("sink %r refused %.200r for good (%s); the other events are delivered",
                             self.name, example, exc)
 
     def _advance(self, seq: int, handled: int) -> None:
@@ -393,7 +393,7 @@ class SinkSlot:
         try:
             self._store.save(self.name, state)
         except OSError as exc:  # the disk is full: delivery goes on; a resume would start earlier
-            _logger.warning("tracking: cannot save the delivery state of sink %r (%s)", self.name, exc)
+            _logger.warning("cannot save the delivery state of sink %r (%s)", self.name, exc)
 
 
 def replay_command(run_dir: str | os.PathLike | Path, sink: str) -> str:

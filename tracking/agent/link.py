@@ -1,15 +1,21 @@
 """`AgentLink`: the training process's handle on one delivery agent, a process or a thread.
 
-Lives in the training process. `start`, `open_run`, `flush`, `end_run` and `close` run on the
-tracker's caller threads; `wake` runs on the writer thread (a byte on the wake pipe, never
-blocking); the link's reader thread ("tracking-agent-link") receives the agent's answers and, when
-the agent dies, starts a new one that resumes from the committed cursors.
+Lives in the training process. Requests (`open_run`, `flush`, `end_run`, `close`) come from the
+tracker's caller threads and never wait: each is noted (so that a restarted agent gets it again)
+and queued for the link's I/O thread ("tracking-agent-link"), which alone sends and receives on
+the agent's control channel, hands the answers to their `Waiter`s, and, when the agent dies,
+starts a new one that resumes from the committed cursors. `wake` runs on the writer thread (a
+byte on the wake pipe, never blocking).
 
-The agent process is started with `python -m tracking.agent` in a new session (the terminal's
-Ctrl-C and a SIGTERM to the job's process group don't reach it) and is not waited for: `start_run`
-returns while it imports its sinks. Where no process can be started, the same agent loop runs on a
-thread of this process, with one warning. Sinks that can't leave this process are served by a
-second link of kind "thread".
+No lock is held while anything waits: the link's lock guards its bookkeeping; room in the channel
+is waited for by the I/O thread, which also reaps a dead agent, backs off and starts the next one.
+So a caller's deadline (`flush`, `end_run`) holds while the agent is dead, restarting or hung.
+
+The agent process is started in a new session (the terminal's Ctrl-C and a SIGTERM to the job's
+process group don't reach it; `tracking.spawn` says how it finds this package) and is not waited
+for: `start_run` returns while it imports its sinks. Where no process can be started, the same
+agent loop runs on a thread of this process, with one warning. Sinks that can't leave this
+process are served by a second link of kind "thread".
 """
 from __future__ import annotations
 
@@ -17,22 +23,24 @@ import enum
 import itertools
 import logging
 import os
+import selectors
 import socket
-import struct
 import subprocess
-import sys
 import threading
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import anyio
 
-from ..channel import recv_msg, send_msg
+from ..channel import FrameReader, frame
 from ..sinks.base import RunContext, Sink
+from ..spawn import SpawnError, reap, start_process
 from ..threads import TrackerThread
 from .protocol import (
-    AgentOptions, Configure, Configured, Ended, EndRun, Flush, Flushed, LogRecord, OpenRun, Progress, Shutdown,
+    AgentOptions, AgentWarning, Configure, Configured, Ended, EndRun, Flush, Flushed, LogRecord, OpenRun,
+    Progress, Shutdown,
 )
 from .service import Agent
 from .specs import SinkSpec
@@ -45,10 +53,13 @@ PROCESS = "process"
 THREAD = "thread"
 #: restarts of a process agent after which the link falls back to a thread (one warning)
 _MAX_RESTARTS = 5
-#: how long close() waits for an agent to take its Shutdown and exit
+#: how long close() waits for the link's threads, and a dead agent's process is waited for
 _CLOSE_TIMEOUT_S = 5.0
-#: how long a message to the agent may wait for room in the channel before the agent is restarted
-_SEND_TIMEOUT_S = 10
+#: how long an agent may leave a message unread before it is taken for hung and killed
+_SEND_TIMEOUT_S = 10.0
+#: the back-off before restart number n is n times this (at most 10 times)
+_RESTART_BACKOFF_S = 0.05
+_RECV_BYTES = 1 << 20
 
 
 class LinkState(enum.Enum):
@@ -56,12 +67,12 @@ class LinkState(enum.Enum):
 
     IDLE = "idle"  #: no agent started yet (the first start_run starts it)
     RUNNING = "running"  #: an agent serves; if it dies, a new one is started
-    CLOSED = "closed"  #: Shutdown sent: the agent exits once the runs it is ending are done
+    CLOSED = "closed"  #: Shutdown queued: the agent exits once the runs it is ending are done
     FORGOTTEN = "forgotten"  #: in a forked child: the agent is the parent's
 
 
 class Waiter:
-    """An answer the caller waits for (Flushed, Ended), set by the link's reader thread."""
+    """An answer the caller waits for (Flushed, Ended), set by the link's I/O thread."""
 
     __slots__ = ("message", "answer", "_done")
 
@@ -80,8 +91,19 @@ class Waiter:
         return self.answer
 
 
+@dataclass
+class _Connection:
+    """One agent and the two ways to it: its control channel (ours: non-blocking) and its wake pipe."""
+
+    sock: socket.socket
+    wake_fd: int
+    pid: int
+    proc: subprocess.Popen | None = None  #: a process agent
+    thread: threading.Thread | None = None  #: a thread agent
+
+
 class AgentLink:
-    """One agent serving `specs`; restarted when it dies, for as long as the link is open."""
+    """One agent serving `specs`; restarted when it dies, for as long as the link has runs to serve."""
 
     def __init__(self, specs: Sequence[SinkSpec], options: AgentOptions, kind: str = PROCESS,
                  objects: dict[str, Sink] | None = None) -> None:
@@ -93,23 +115,23 @@ class AgentLink:
         self.pid: int | None = None  #: the agent process's pid (this process's for a thread)
         self.config_errors: dict[str, str] = {}
         self.restarts = 0
+        self.state = LinkState.IDLE
         self._objects = objects or {}
-        # Guards the channel's sending side and the state below: caller threads send requests,
-        # the reader thread re-sends them to a restarted agent.
-        self._lock = threading.RLock()
-        self._sock: socket.socket | None = None
-        self._wake_fd: int | None = None
-        self._proc: subprocess.Popen | None = None
-        self._thread: threading.Thread | None = None
-        self._reader: threading.Thread | None = None
-        self._owner_close: weakref.WeakMethod | None = None
-        self._generation = 0
+        # Guards the bookkeeping below (state, outbox, what a restarted agent must be told) between
+        # the caller threads and the I/O thread. Never held while waiting for anything.
+        self._lock = threading.Lock()
+        self._outbox = bytearray()  # frames the current agent has not been sent yet
         self._tokens = itertools.count(1)
         self._flushes: dict[int, Waiter] = {}
         self._ends: dict[str, Waiter] = {}
         self._runs: dict[str, RunContext] = {}  # open or ending: re-opened on a restarted agent
         self._progress: dict[str, dict[str, dict[str, Any]]] = {}
-        self.state = LinkState.IDLE
+        self._conn: _Connection | None = None
+        self._io: TrackerThread | None = None
+        self._owner_close: weakref.WeakMethod | None = None
+        self._closing = threading.Event()  # cuts a restart's back-off short
+        self._poke_r, self._poke_w = -1, -1  # the callers' way to wake the I/O thread
+        self._warning_registries: dict[str, dict[Any, Any]] = {}  # per file, as each module has its own
         # Guards the wake pipe's descriptor: the writer thread writes to it (never waiting for this
         # lock), a restart closes and replaces it.
         self._wake_lock = threading.Lock()
@@ -117,29 +139,35 @@ class AgentLink:
     # -- lifecycle (caller's thread) ---------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the agent if it is not running; returns at once."""
+        """Start the agent if it is not running; returns once it is spawned, not once it is ready."""
         with self._lock:
-            if self.state is LinkState.IDLE:
-                self._spawn()
+            if self.state is not LinkState.IDLE:
+                return
+            self.state = LinkState.RUNNING
+            self._poke_r, self._poke_w = os.pipe()
+            for fd in (self._poke_r, self._poke_w):
+                os.set_blocking(fd, False)
+        self._install(self._spawn())
+        io = TrackerThread(self._serve, "tracking-agent-link")
+        io.stop_with(self._stop)
+        self._io = io
+        io.start()
 
     def close(self, timeout_s: float = _CLOSE_TIMEOUT_S) -> None:
         """Let the agent finish the runs it is ending alone, then exit; leaves no thread of the
-        link running (the reader thread ends at once; a thread agent is waited for `timeout_s`)."""
+        link running (the I/O thread ends once Shutdown is sent; each is waited for `timeout_s`)."""
         with self._lock:
-            if self.state is LinkState.CLOSED or self.state is LinkState.FORGOTTEN:
+            if self.state is not LinkState.RUNNING:
+                if self.state is LinkState.IDLE:
+                    self.state = LinkState.CLOSED
                 return
             self.state = LinkState.CLOSED
-            self._send(Shutdown())
-            if self._sock is not None:
-                # Our reader sees the end of the channel now; the agent still reads the Shutdown and
-                # exits once the runs it is ending are done (its answers are not needed any more).
-                try:
-                    self._sock.shutdown(socket.SHUT_RD)
-                except OSError:
-                    pass
-            threads = [t for t in (self._reader, self._thread) if t is not None]
-        for thread in threads:
-            if thread is not threading.current_thread():
+            self._outbox += frame(Shutdown())
+        self._closing.set()
+        self._poke()
+        conn = self._conn
+        for thread in (self._io, conn.thread if conn is not None else None):
+            if thread is not None and thread is not threading.current_thread():
                 thread.join(timeout_s)
 
     def stop_with(self, owner_close: Any) -> None:
@@ -155,17 +183,27 @@ class AgentLink:
         self.close()
 
     def forget_after_fork(self) -> None:
-        """In a forked child: the parent's agent is not ours; never talk to it, never restart it."""
+        """In a forked child: the parent's agent is not ours; never talk to it, never restart it.
+
+        Our copies of the channel and the pipes are closed, so that the agent sees its channel end
+        when the parent's does, whatever this child does."""
         self.state = LinkState.FORGOTTEN
-        self._sock = None
-        self._wake_fd = None
-        self._proc = None
-        self._thread = None
-        self._reader = None
-        self._lock = threading.RLock()
+        conn, self._conn, self._io = self._conn, None, None
+        fds = [self._poke_r, self._poke_w]
+        if conn is not None:
+            fds.append(conn.sock.detach())
+            fds.append(conn.wake_fd)
+        for fd in fds:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._poke_r = self._poke_w = -1
+        self._lock = threading.Lock()
         self._wake_lock = threading.Lock()
 
-    # -- requests ----------------------------------------------------------------------------------
+    # -- requests (caller's threads; none of them waits) -------------------------------------------
 
     def wake(self) -> None:
         """Tell the agent that a journal grew (the writer thread: never blocks, never raises).
@@ -176,8 +214,9 @@ class AgentLink:
         if not self._wake_lock.acquire(blocking=False):
             return
         try:
-            if self._wake_fd is not None:
-                os.write(self._wake_fd, b"j")
+            conn = self._conn
+            if conn is not None and conn.wake_fd >= 0:
+                os.write(conn.wake_fd, b"j")
         except OSError:  # full (wake-ups are pending already), or the agent is gone (it restarts)
             pass
         finally:
@@ -187,20 +226,20 @@ class AgentLink:
         with self._lock:
             self._runs[run.run_id] = run
             self._progress.pop(run.run_id, None)
-            self._send(OpenRun(run))
+            self._queue(OpenRun(run))
 
     def flush(self, run_id: str, seq: int) -> Waiter:
+        waiter = Waiter(Flush(next(self._tokens), run_id, seq))
         with self._lock:
-            waiter = Waiter(Flush(next(self._tokens), run_id, seq))
             self._flushes[waiter.message.token] = waiter
-            self._send(waiter.message)
+            self._queue(waiter.message)
         return waiter
 
     def end_run(self, message: EndRun) -> Waiter:
+        waiter = Waiter(message)
         with self._lock:
-            waiter = Waiter(message)
             self._ends[message.run_id] = waiter
-            self._send(message)
+            self._queue(message)
         return waiter
 
     def forget_run(self, run_id: str) -> None:
@@ -213,46 +252,205 @@ class AgentLink:
         """The latest report of every sink of the run, as the agent last sent it."""
         return self._progress.get(run_id, {})
 
-    # -- internals ---------------------------------------------------------------------------------
+    def _queue(self, message: Any) -> None:
+        """Queue a message for the current agent (the lock is held); the I/O thread sends it."""
+        if self.state is LinkState.RUNNING:
+            self._outbox += frame(message)
+            self._poke()
 
-    def _send(self, message: Any) -> None:
-        """Send now (the lock is held); if the agent is gone, its replacement gets it on start.
-
-        An agent that does not take a message within `_SEND_TIMEOUT_S` (stopped, wedged) is killed:
-        half a message would break the channel anyway, and a new agent resumes from the cursors.
-        """
-        if self._sock is None:
-            return
+    def _poke(self) -> None:
         try:
-            send_msg(self._sock, message)
-        except OSError:  # the reader thread sees the agent gone and restarts it, re-sending what is open
-            if self._proc is not None and self._proc.poll() is None:
-                _logger.warning("tracking: the delivery agent (pid %s) does not answer; restarting it", self._proc.pid)
-                self._proc.kill()
+            os.write(self._poke_w, b"!")
+        except OSError:  # full: the I/O thread has wake-ups to read already (or the link is gone)
+            pass
 
-    def _spawn(self) -> None:
-        self.state = LinkState.RUNNING
-        self._generation += 1
+    # -- the I/O thread ----------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        """The I/O thread: serve each agent until its channel ends, then start the next."""
+        while True:
+            conn = self._conn
+            try:
+                if conn is None or self._pump(conn):
+                    return  # closed: Shutdown is sent
+                if not self._restart(conn):
+                    return
+            except Exception:  # a bug must not leave the link without its thread unsaid
+                _logger.exception("the delivery agent's link failed; undelivered events stay in the journal "
+                                  "for python -m tracking replay")
+                with self._lock:
+                    self.state = LinkState.CLOSED
+                return
+
+    def _pump(self, conn: _Connection) -> bool:
+        """Send what is queued and hand over what arrives, until the link is closed and Shutdown is
+        sent (True) or the agent's channel ends (False)."""
+        reader = FrameReader()
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._poke_r, selectors.EVENT_READ)
+            selector.register(conn.sock, selectors.EVENT_READ)
+            stalled_since: float | None = None  # since when queued bytes found no room
+            while True:
+                with self._lock:
+                    pending = bool(self._outbox)
+                    if not pending and self.state is not LinkState.RUNNING:
+                        break
+                events = selectors.EVENT_READ | (selectors.EVENT_WRITE if pending else 0)
+                selector.modify(conn.sock, events)
+                timeout = None
+                if pending:
+                    stalled_since = stalled_since or time.monotonic()
+                    timeout = max(stalled_since + _SEND_TIMEOUT_S - time.monotonic(), 0.0)
+                ready = selector.select(timeout)
+                if not ready and pending:
+                    self._hung(conn)
+                    stalled_since = None
+                for key, mask in ready:
+                    if key.fd == self._poke_r:
+                        _drain(self._poke_r)
+                        continue
+                    if mask & selectors.EVENT_READ and not self._read(conn, reader):
+                        return False
+                    if mask & selectors.EVENT_WRITE and self._write(conn):
+                        stalled_since = None
+        # Closed and Shutdown sent: stop reading, so that the agent's answers fail at once rather
+        # than fill the channel; it goes on with the runs it is ending, alone.
+        try:
+            conn.sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+        return True
+
+    def _read(self, conn: _Connection, reader: FrameReader) -> bool:
+        """Take what the agent sent; False once its channel ended (or broke)."""
+        try:
+            data = conn.sock.recv(_RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        try:
+            messages = reader.feed(data)
+        except Exception:  # a broken message: this channel can't be trusted any more
+            _logger.exception("the delivery agent (pid %s) sent a message that can't be read; restarting it",
+                              conn.pid)
+            return False
+        for message in messages:
+            try:
+                self._receive(message)
+            except Exception:  # a bug must not leave the link without its reader
+                _logger.exception("could not handle the delivery agent's %.100r", message)
+        return True
+
+    def _write(self, conn: _Connection) -> bool:
+        """Send as much of the outbox as the channel takes now; True if any of it went."""
+        with self._lock:  # a non-blocking send: the lock is not held across a wait
+            try:
+                sent = conn.sock.send(self._outbox)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:  # the agent is gone: its channel's end is read next, and it restarts
+                self._outbox.clear()
+                return False
+            del self._outbox[:sent]
+        return sent > 0
+
+    def _hung(self, conn: _Connection) -> None:
+        """The agent took nothing for `_SEND_TIMEOUT_S`: a process is killed (a new one resumes from
+        the cursors); a thread can't be, and is waited for."""
+        if conn.proc is not None and conn.proc.poll() is None:
+            _logger.warning("the delivery agent (pid %s) took no message for %.0f s; restarting it",
+                            conn.pid, _SEND_TIMEOUT_S)
+            conn.proc.kill()
+
+    def _receive(self, message: Any) -> None:
+        if isinstance(message, Progress):
+            self._progress[message.run_id] = message.sinks
+        elif isinstance(message, Flushed):
+            if message.sinks:
+                self._progress[message.run_id] = message.sinks
+            with self._lock:
+                waiter = self._flushes.pop(message.token, None)
+            if waiter is not None:
+                waiter.set(message)
+        elif isinstance(message, Ended):
+            self._progress[message.run_id] = message.sinks
+            with self._lock:
+                self._runs.pop(message.run_id, None)
+                waiter = self._ends.pop(message.run_id, None)
+            if waiter is not None:
+                waiter.set(message)
+        elif isinstance(message, LogRecord):
+            message.emit()
+        elif isinstance(message, AgentWarning):
+            message.warn(self._warning_registries.setdefault(message.filename, {}))
+        elif isinstance(message, Configured):
+            self.pid = message.pid
+            self.config_errors = dict(message.errors)
+            for name, error in message.errors.items():
+                _logger.error("the delivery agent could not build sink %r (%s); its events stay in the journal",
+                              name, error)
+
+    # -- starting and restarting agents (the I/O thread, but for the first) ------------------------
+
+    def _restart(self, conn: _Connection) -> bool:
+        """The agent's channel ended: start the next agent if there is still work for one."""
+        with self._wake_lock:
+            os.close(conn.wake_fd)
+            conn.wake_fd = -1
+        conn.sock.close()
+        code = reap(conn.proc, _CLOSE_TIMEOUT_S) if conn.proc is not None else None
+        with self._lock:
+            self._outbox.clear()  # rebuilt for the next agent from what is still open
+            # After close(), only runs still being ended need an agent (a background end).
+            if self.state is LinkState.FORGOTTEN or (self.state is LinkState.CLOSED and not self._ends):
+                return False
+        self.restarts += 1
+        if self.restarts > 2 * _MAX_RESTARTS:
+            _logger.error("the delivery agent keeps dying; no more restarts. Undelivered events stay in the "
+                          "journal: replay them with python -m tracking replay")
+            with self._lock:
+                self.state = LinkState.CLOSED
+            return False
+        if self.kind == PROCESS and self.restarts > _MAX_RESTARTS:
+            _logger.warning("the delivery agent died %d times; delivering from a thread of this process from now on",
+                            self.restarts - 1)
+            self.kind = THREAD
+        else:
+            _logger.warning("the delivery agent (pid %s) exited (code %s); a new one takes over from the committed "
+                            "cursors", conn.pid, code)
+        # An agent that dies at once must not spin; close() cuts the wait short.
+        self._closing.wait(_RESTART_BACKOFF_S * min(self.restarts, 10))
+        self._install(self._spawn())
+        return True
+
+    def _install(self, conn: _Connection) -> None:
+        """Make `conn` the current agent and queue what it must be told, ahead of anything else."""
+        with self._wake_lock:
+            self._conn = conn
+        self.pid = conn.pid
+        with self._lock:
+            messages: list[Any] = [Configure(self._portable_specs(), self.options, os.getpid(),
+                                             logging.getLogger("tracking").getEffectiveLevel())]
+            messages += [OpenRun(run) for run in self._runs.values()]
+            messages += [waiter.message for waiter in self._flushes.values()]
+            messages += [waiter.message for waiter in self._ends.values()]
+            if self.state is LinkState.CLOSED:
+                messages.append(Shutdown())
+            self._outbox[:0] = b"".join(frame(m) for m in messages)
+        self._poke()
+
+    def _spawn(self) -> _Connection:
         if self.kind == PROCESS:
             try:
-                self._start_process()
-            except OSError as exc:
-                _logger.warning("tracking: cannot start the delivery agent process (%s); delivering from a "
-                                "thread of this process instead", exc)
+                return self._start_process()
+            except SpawnError as exc:
+                _logger.warning("cannot start the delivery agent process (%s); delivering from a thread of this "
+                                "process instead", exc)
                 self.kind = THREAD
-        if self.kind == THREAD:
-            self._start_thread()
-        reader = TrackerThread(self._read_loop, "tracking-agent-link", args=(self._sock, self._generation))
-        reader.stop_with(self._stop)
-        self._reader = reader
-        reader.start()
-        self._send(Configure(self._portable_specs(), self.options, os.getpid()))
-        for run in self._runs.values():
-            self._send(OpenRun(run))
-        for waiter in self._flushes.values():
-            self._send(waiter.message)
-        for waiter in self._ends.values():
-            self._send(waiter.message)
+        return self._start_thread()
 
     def _portable_specs(self) -> tuple[SinkSpec, ...]:
         """The specs as the channel carries them: an instance stays here, named in its place (a
@@ -261,33 +459,28 @@ class AgentLink:
             return tuple(spec if spec.portable else SinkSpec(spec.name, "object", None) for spec in self.specs)
         return tuple(spec for spec in self.specs if spec.portable)
 
-    def _start_process(self) -> None:
-        if not sys.executable:
-            raise OSError("sys.executable is empty (an embedded interpreter)")
+    def _start_process(self) -> _Connection:
         ours, theirs = socket.socketpair()
         wake_read, wake_write = os.pipe()
         os.set_blocking(wake_write, False)
-        env = dict(os.environ)
-        # The agent imports what this process can: the package, and the modules of user sinks.
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "tracking.agent", "--fd", str(theirs.fileno()),
-                 "--wake-fd", str(wake_read), "--parent-pid", str(os.getpid())],
+            proc = start_process(
+                "tracking.agent.__main__",
+                ["--fd", str(theirs.fileno()), "--wake-fd", str(wake_read), "--parent-pid", str(os.getpid())],
                 pass_fds=(theirs.fileno(), wake_read), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                env=env, close_fds=True, start_new_session=True,
+                close_fds=True, start_new_session=True,
             )
-        except OSError:
+        except SpawnError:
             ours.close()
             os.close(wake_write)
             raise
         finally:
             theirs.close()
             os.close(wake_read)
-        self._proc, self._thread, self.pid = proc, None, proc.pid
-        self._use(ours, wake_write)
+        ours.setblocking(False)
+        return _Connection(ours, wake_write, proc.pid, proc=proc)
 
-    def _start_thread(self) -> None:
+    def _start_thread(self) -> _Connection:
         ours, theirs = socket.socketpair()
         wake_read, wake_write = os.pipe()
         os.set_blocking(wake_write, False)
@@ -298,7 +491,7 @@ class AgentLink:
             try:
                 anyio.run(agent.serve)
             except BaseException:
-                _logger.exception("tracking: the delivery thread crashed; undelivered events stay in the journal")
+                _logger.exception("the delivery thread crashed; undelivered events stay in the journal")
             finally:
                 theirs.close()
                 os.close(wake_read)
@@ -308,93 +501,13 @@ class AgentLink:
         thread = TrackerThread(run, "tracking-agent")
         thread.stop_with(self._stop)
         thread.start()
-        self._proc, self._thread, self.pid = None, thread, os.getpid()
-        self._use(ours, wake_write)
+        ours.setblocking(False)
+        return _Connection(ours, wake_write, os.getpid(), thread=thread)
 
-    def _use(self, sock: socket.socket, wake_fd: int) -> None:
-        # Sends only (the reader thread's recv stays blocking): see _send.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", _SEND_TIMEOUT_S, 0))
-        with self._wake_lock:
-            self._sock, self._wake_fd = sock, wake_fd
 
-    def _read_loop(self, sock: socket.socket, generation: int) -> None:
-        """The reader thread of one agent: answers to waiters; a restart when the agent dies."""
-        while True:
-            try:
-                message = recv_msg(sock)
-            except Exception:  # closed, or a broken message: either way this agent is done
-                break
-            try:
-                self._receive(message)
-            except Exception:  # a bug must not leave the link without a reader
-                _logger.exception("tracking: could not handle the delivery agent's %.100r", message)
-        try:
-            self._agent_gone(sock, generation)
-        except Exception:
-            _logger.exception("tracking: could not restart the delivery agent; undelivered events stay in the "
-                              "journal for replay")
-            self.state = LinkState.CLOSED
-
-    def _receive(self, message: Any) -> None:
-        if isinstance(message, Progress):
-            self._progress[message.run_id] = message.sinks
-        elif isinstance(message, Flushed):
-            if message.sinks:
-                self._progress[message.run_id] = message.sinks
-            waiter = self._flushes.pop(message.token, None)
-            if waiter is not None:
-                waiter.set(message)
-        elif isinstance(message, Ended):
-            self._progress[message.run_id] = message.sinks
-            self._runs.pop(message.run_id, None)
-            waiter = self._ends.pop(message.run_id, None)
-            if waiter is not None:
-                waiter.set(message)
-        elif isinstance(message, LogRecord):
-            logging.getLogger(message.name).log(message.level, "%s", message.message)
-        elif isinstance(message, Configured):
-            self.pid = message.pid
-            self.config_errors = dict(message.errors)
-            for name, error in message.errors.items():
-                _logger.error("tracking: the delivery agent could not build sink %r (%s); its events stay in "
-                              "the journal", name, error)
-
-    def _reap(self) -> int | None:
-        """The exit code of the agent process that just closed its channel (None: still running)."""
-        proc = self._proc
-        if proc is None:
-            return None
-        try:
-            return proc.wait(_CLOSE_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def _agent_gone(self, sock: socket.socket, generation: int) -> None:
-        with self._lock:
-            sock.close()
-            if generation != self._generation:
-                return
-            with self._wake_lock:
-                if self._sock is sock:
-                    self._sock = None
-                if self._wake_fd is not None:
-                    os.close(self._wake_fd)
-                    self._wake_fd = None
-            if self.state is not LinkState.RUNNING:
-                return  # closed (the agent exits after its Shutdown), or forgotten in a forked child
-            code = self._reap()
-            self.restarts += 1
-            if self.restarts > 2 * _MAX_RESTARTS:
-                _logger.error("tracking: the delivery agent keeps dying; no more restarts. Undelivered events "
-                              "stay in the journal: replay them with python -m tracking replay")
-                self.state = LinkState.CLOSED
-                return
-            if self.kind == PROCESS and self.restarts > _MAX_RESTARTS:
-                _logger.warning("tracking: the delivery agent died %d times; delivering from a thread of this "
-                                "process from now on", self.restarts - 1)
-                self.kind = THREAD
-            else:
-                _logger.warning("tracking: the delivery agent (pid %s) exited (code %s); a new one takes over "
-                                "from the committed cursors", self.pid, code)
-            time.sleep(0.05 * min(self.restarts, 10))  # an agent that dies at once must not spin
-            self._spawn()
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except OSError:  # empty (BlockingIOError) or closed
+        pass

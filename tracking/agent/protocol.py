@@ -9,17 +9,21 @@ journal append. The agent then reads the journal itself, so events never travel 
 """
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..sinks.base import RunContext
 from .engine import RetryPolicy
-from .specs import SinkSpec
+from .specs import SinkSpec, import_qualified
 
 __all__ = [
     "AgentOptions", "Configure", "OpenRun", "Flush", "EndRun", "Shutdown",
-    "Configured", "Progress", "Flushed", "Ended", "LogRecord",
+    "Configured", "Progress", "Flushed", "Ended", "LogRecord", "AgentWarning",
 ]
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,8 @@ class Configure:
     sinks: tuple[SinkSpec, ...]
     options: AgentOptions
     parent_pid: int
+    #: the training process's level for the "tracking" loggers: the agent sends what passes it
+    log_level: int = logging.WARNING
 
 
 @dataclass(frozen=True)
@@ -126,8 +132,63 @@ class Ended:
 
 @dataclass(frozen=True)
 class LogRecord:
-    """A log line of the agent's, re-emitted by the training process's `logging`."""
+    """A log record of the agent's, handled in the training process by the logger of its name, as
+    `logging.handlers.SocketHandler` records are: name, level, time, place and pid kept."""
 
-    name: str
-    level: int
+    attributes: dict[str, Any]
+
+    @classmethod
+    def of(cls, record: logging.LogRecord, exc_text: str | None = None) -> "LogRecord":
+        """`record` as it can travel: the message formatted (with `exc_text`), plain values only."""
+        message = record.getMessage()
+        if exc_text:
+            message = f"{message}\n{exc_text}"
+        attributes = {k: v for k, v in record.__dict__.items() if type(v) in _PLAIN}
+        attributes.update(msg=message, args=None, exc_info=None, exc_text=None)
+        attributes.pop("message", None)
+        return cls(attributes)
+
+    def emit(self) -> None:
+        """Hand the record to the training process's logger of its name (its level and handlers)."""
+        record = logging.makeLogRecord(self.attributes)
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
+
+
+@dataclass(frozen=True)
+class AgentWarning:
+    """A warning raised in the agent, raised again in the training process (filterable there)."""
+
+    category: str  #: "module:qualname" of the warning's class
     message: str
+    filename: str
+    lineno: int
+    module: str | None  #: the module that warned, for filters' `module=` (None: taken from the filename)
+
+    @classmethod
+    def of(cls, message: Warning | str, category: type[Warning], filename: str, lineno: int,
+           module: str | None) -> "AgentWarning":
+        return cls(f"{category.__module__}:{category.__qualname__}", str(message), filename, lineno, module)
+
+    def warn(self, registry: dict[Any, Any]) -> None:
+        """`warnings.warn_explicit` here, on the link's thread; a filter that makes it an error
+        can't raise into the training loop from there, so that is logged instead."""
+        category = _warning_class(self.category)
+        try:
+            warnings.warn_explicit(self.message, category, self.filename, self.lineno, module=self.module,
+                                   registry=registry)
+        except Warning as exc:  # the "error" action: nobody to raise it to
+            _logger.warning("%s: %s (raised in the delivery agent)", type(exc).__name__, exc)
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+def _warning_class(path: str) -> type[Warning]:
+    """The warning class named "module:qualname", or UserWarning if this process can't import it."""
+    try:
+        found = import_qualified(path)
+    except (ImportError, AttributeError):
+        return UserWarning
+    return found if isinstance(found, type) and issubclass(found, Warning) else UserWarning

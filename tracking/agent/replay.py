@@ -21,7 +21,7 @@ from ..journal.reader import DEFAULT_CHUNK_EVENTS
 from ..rundir import read_meta, write_meta
 from ..sinks import resolve_sink
 from ..sinks.base import RunContext, Sink
-from .cursors import DeliveryStore
+from .cursors import DeliveryStore, nobody_delivers
 from .engine import Outcome, RetryPolicy, SinkSlot
 
 __all__ = ["replay", "ReplayResult", "DEFAULT_REPLAY_TIMEOUT_S"]
@@ -54,13 +54,14 @@ def replay(run_dir: str | os.PathLike, sink_name: str, tracking_uri: str | None 
     reader = JournalReader(run_dir)
     last = reader.refresh()
     sink = _build_sink(sink_name, tracking_uri, meta)
+    orphaned = nobody_delivers(run_dir, meta)  # before our own claim names a live process
     store = DeliveryStore(run_dir)
     try:
         store.claim(sink.name)
     except SinkBusyError as exc:
         raise ReplayError(str(exc)) from None
     try:
-        return _deliver(run_dir, meta, reader, last, sink, store, timeout_s, chunk_events)
+        return _deliver(run_dir, meta, reader, last, sink, store, timeout_s, chunk_events, orphaned)
     finally:
         store.release_all()
 
@@ -79,7 +80,7 @@ def _build_sink(name: str, tracking_uri: str | None, meta: dict[str, Any]) -> Si
 
 
 def _deliver(run_dir: Path, meta: dict[str, Any], reader: JournalReader, last: int, sink: Sink,
-             store: DeliveryStore, timeout_s: float, chunk_events: int) -> ReplayResult:
+             store: DeliveryStore, timeout_s: float, chunk_events: int, orphaned: bool) -> ReplayResult:
     legacy = (meta.get("sinks") or {}).get(sink.name)  # runs recorded before delivery/ existed
     if legacy:
         legacy = {**legacy, "committed_seq": legacy.get("committed_seq", legacy.get("delivered_seq", 0))}
@@ -103,6 +104,10 @@ def _deliver(run_dir: Path, meta: dict[str, Any], reader: JournalReader, last: i
     sinks = meta.setdefault("sinks", {})
     sinks[sink.name] = {**slot.report(last), "replayed": True}
     meta.update({k: v for k, v in slot.facts.items()})
+    if orphaned and all((report or {}).get("closed") for report in sinks.values()):
+        # The last of a run nothing delivered any more: its status is what the journal says.
+        meta.pop("pending_status", None)
+        meta.update(status=status, events=last, end_time=meta.get("end_time") or reader.end_time or time.time())
     write_meta(run_dir, meta)
     delivered, rejected, lost = (slot.delivered - start[0], slot.rejected - start[1], slot.lost - start[2])
     return ReplayResult(sink.name, delivered + rejected, rejected, last, lost)

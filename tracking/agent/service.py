@@ -22,8 +22,11 @@ import enum
 import logging
 import os
 import pickle
+import socket
+import sys
 import threading
 import time
+import warnings
 from collections import deque
 from typing import Any, Callable
 
@@ -38,7 +41,8 @@ from .cursors import DeliveryStore
 from .engine import Outcome, SinkSlot, SlotState
 from .specs import SinkSpec
 from .protocol import (
-    AgentOptions, Configure, Configured, Ended, EndRun, Flush, Flushed, LogRecord, OpenRun, Progress, Shutdown,
+    AgentOptions, AgentWarning, Configure, Configured, Ended, EndRun, Flush, Flushed, LogRecord, OpenRun,
+    Progress, Shutdown,
 )
 
 __all__ = ["Agent", "AgentState", "RunService", "FreshEvents", "SinkPool"]
@@ -48,6 +52,9 @@ _logger = logging.getLogger(__name__)
 #: progress messages per run and second, at most (stats() reads the latest)
 _PROGRESS_EVERY_S = 0.2
 _PARENT_POLL_S = 0.5
+#: occurrences of one warning (category, text, place) an agent forwards; the training process's
+#: filters decide which it shows, as they would in one process ("default": the first)
+_MAX_WARNINGS_FORWARDED = 100
 
 
 class FreshEvents:
@@ -189,7 +196,7 @@ class RunService:
         except Exception as exc:  # a bug must cost one sink, never the agent
             slot.state = SlotState.GAVE_UP
             slot.last_error = f"{type(exc).__name__}: {exc}"
-            _logger.exception("tracking: delivery to sink %r failed; its events stay in the journal", slot.name)
+            _logger.exception("delivery to sink %r failed; its events stay in the journal", slot.name)
         finally:
             self._answer_flushes()
             self._send_progress(force=True)
@@ -254,14 +261,16 @@ class RunService:
     async def _changed_or_never(self) -> None:
         await self._changed.wait()
 
-    @staticmethod
-    async def _call(slot: SinkSlot, fn: Callable[..., Outcome], *args: Any, in_thread: bool = False) -> Outcome:
+    async def _call(self, slot: SinkSlot, fn: Callable[..., Outcome], *args: Any, in_thread: bool = False) -> Outcome:
         """An engine call: in a worker thread for a sink that may block (or is still busy in a call
         abandoned at an earlier deadline), else here, on the loop's thread."""
         if in_thread or slot.blocking or slot.lock.locked():
-            return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
-        outcome = fn(*args)
-        await anyio.lowlevel.checkpoint()
+            outcome = await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+        else:
+            outcome = fn(*args)
+            await anyio.lowlevel.checkpoint()
+        if not slot.healthy:  # a flush no longer waits for this sink: it may be answered now
+            self._answer_flushes()
         return outcome
 
     # -- answers -----------------------------------------------------------------------------------
@@ -295,13 +304,13 @@ class RunService:
             try:
                 finish_meta(self.run.run_dir, self.ending.status, self.ending.final_seq, sinks, timed_out, **meta)
             except OSError as exc:
-                _logger.error("tracking: cannot write %s/meta.json: %s", self.run.run_dir, exc)
+                _logger.error("cannot write %s/meta.json: %s", self.run.run_dir, exc)
         self.store.release_all()
         self.agent.send(Ended(self.run.run_id, reports, timed_out))
         if timed_out:
             behind = {n: r["undelivered"] for n, r in reports.items() if r["undelivered"]}
             if behind and self.agent.state is AgentState.ORPHANED:
-                _logger.error("tracking: run %s: the catch-up deadline passed with sinks behind (%s); "
+                _logger.error("run %s: the catch-up deadline passed with sinks behind (%s); "
                               "replay them from the journal", self.run.run_id, behind)
 
 
@@ -374,10 +383,26 @@ class Agent:
         # Guards the channel's sending side: the loop answers, and log records come from any thread.
         self._send_lock = threading.Lock()
         self._channel_open = True
+        self._warned: dict[tuple, int] = {}  # how often each warning was forwarded
         self._done: anyio.Event | None = None
         self._tg: Any = None
 
     # -- sending -------------------------------------------------------------------------------
+
+    def forward_warning(self, message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                        file: Any = None, line: str | None = None) -> None:
+        """`warnings.showwarning` in an agent process: the training process warns it again, where
+        its filters (and its once-per-place registries) decide; once it is gone, stderr."""
+        if not self._channel_open:
+            _show_warning(message, category, filename, lineno, file, line)
+            return
+        key = (category, str(message), filename, lineno)
+        self._warned[key] = seen = self._warned.get(key, 0) + 1
+        if seen > _MAX_WARNINGS_FORWARDED:
+            return  # the same warning again and again (a library's, every batch): enough said
+        module = next((name for name, mod in list(sys.modules.items())
+                       if getattr(mod, "__file__", None) == filename), None)
+        self.send(AgentWarning.of(message, category, filename, lineno, module))
 
     def send(self, message: Any, droppable: bool = False) -> None:
         """Send to the training process; a droppable message is skipped rather than waited for."""
@@ -414,7 +439,7 @@ class Agent:
             try:
                 self._dispatch(message)
             except Exception:  # a bug must not take the agent, and every run it serves, down
-                _logger.exception("tracking agent: could not handle %.100r", message)
+                _logger.exception("could not handle %.100r", message)
 
     def _dispatch(self, message: Any) -> None:
         if isinstance(message, Configure):
@@ -438,10 +463,12 @@ class Agent:
                 self.state = AgentState.SHUTTING_DOWN
             self._check_done()
         else:
-            _logger.error("tracking agent: unknown message %.100r", message)
+            _logger.error("unknown message %.100r", message)
 
     def _configure(self, message: Configure) -> None:
         self.options = message.options
+        if self.placement == "agent":  # a process of its own: log what the training process would show
+            logging.getLogger("tracking").setLevel(message.log_level)
         self.send(Configured(os.getpid(), self.pool.configure(message.sinks)))
 
     def _open_run(self, message: OpenRun) -> None:
@@ -473,10 +500,18 @@ class Agent:
                 try:
                     run.journal_grew()
                 except OSError as exc:  # the journal unreadable for now: the next round tries again
-                    _logger.warning("tracking agent: cannot read the journal of run %s: %s", run.run.run_id, exc)
+                    _logger.warning("cannot read the journal of run %s: %s", run.run.run_id, exc)
             await anyio.sleep(self.options.delivery_interval_s)
 
     async def _watch_parent(self) -> None:
+        """When the training process is gone, end the control channel's reading after what it sent.
+
+        The channel alone can't say so: a forked child of the training process (a DataLoader
+        worker) may hold its end open. Shutting down our reading side lets `_read_control` take
+        every message still buffered (a process that exits right after `end_run` has sent its
+        `OpenRun` and `EndRun`, maybe before this agent finished importing), then see the end and
+        orphan the agent: one way to become orphaned, after the last word of the training process.
+        """
         try:
             pidfd = os.pidfd_open(self.parent_pid)
         except (AttributeError, OSError):
@@ -489,7 +524,10 @@ class Agent:
         else:
             while os.getppid() == self.parent_pid:
                 await anyio.sleep(_PARENT_POLL_S)
-        self._orphan()
+        try:
+            self.sock.shutdown(socket.SHUT_RD)
+        except OSError:  # not connected any more: the reader has seen the end already, or will
+            self._orphan()
 
     def _orphan(self) -> None:
         if self.state is AgentState.ORPHANED:
@@ -515,10 +553,10 @@ def _writable(sock: Any) -> bool:
 
 
 class ChannelLogHandler(logging.Handler):
-    """Sends the agent's log records to the training process, which logs them as its own."""
+    """Sends the agent's log records to the training process, which handles them as its own."""
 
     def __init__(self, agent: Agent) -> None:
-        super().__init__(logging.INFO)
+        super().__init__()
         self._agent = agent
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -526,12 +564,11 @@ class ChannelLogHandler(logging.Handler):
             return
         _in_emit.active = True
         try:
-            message = self.format(record) if record.exc_info else record.getMessage()
+            exc_text = _EXC_FORMATTER.formatException(record.exc_info) if record.exc_info else None
             if self._agent._channel_open:
-                self._agent.send(LogRecord(record.name, record.levelno, message))
+                self._agent.send(LogRecord.of(record, exc_text))
             else:
-                import sys
-
+                message = record.getMessage() + (f"\n{exc_text}" if exc_text else "")
                 sys.stderr.write(f"{record.levelname} {record.name}: {message}\n")
         except Exception:
             self.handleError(record)
@@ -540,3 +577,5 @@ class ChannelLogHandler(logging.Handler):
 
 
 _in_emit = threading.local()
+_EXC_FORMATTER = logging.Formatter()
+_show_warning = warnings.showwarning  # Python's own, for when the training process is gone

@@ -3,9 +3,11 @@
 `plan_sink` runs on the caller's thread when a tracker is built; `SinkSpec.build` runs in the
 agent (its process, or its thread). A sink named by entry point, or given as a class (with
 arguments: `("name", {...})` or `(SinkClass, {...})`), is built inside the agent from that
-description. A sink given as an instance goes to the agent as a pickle when it can; one that
-can't travel (not picklable, its class defined in `__main__`, or it says `stay_in_process = True`,
-e.g. because the training process reads its state) is served on a thread of the training process.
+description. A sink given as an instance is the object that receives the events: it is served on
+a thread of the training process, unless its class says ``portable = True`` (an instance is only
+its settings until `open`, as ours are) and it can be pickled; then the agent builds its own copy.
+A sink whose class says ``stay_in_process = True`` (e.g. because the training process reads its
+state) is served in the training process however it was given.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any, Mapping
 
 from ..sinks import Sink, resolve_sink
 
-__all__ = ["SinkSpec", "plan_sink"]
+__all__ = ["SinkSpec", "plan_sink", "import_qualified"]
 
 
 @dataclass(frozen=True)
@@ -44,11 +46,7 @@ class SinkSpec:
         if self.how == "pickle":
             return resolve_sink(pickle.loads(self.target))
         if self.how == "class":
-            module, _, qualname = self.target.partition(":")
-            cls: Any = importlib.import_module(module)
-            for part in qualname.split("."):
-                cls = getattr(cls, part)
-            return resolve_sink(cls(**self.kwargs))
+            return resolve_sink(import_qualified(self.target)(**self.kwargs))
         return resolve_sink(_with_kwargs(self.target, self.kwargs))
 
     def __getstate__(self) -> dict[str, Any]:
@@ -97,11 +95,13 @@ def _portable_or_object(sink: Sink, spec: SinkSpec, kwargs: Mapping[str, Any]) -
 
 
 def _instance_spec(sink: Sink) -> SinkSpec:
-    if getattr(sink, "stay_in_process", False) or type(sink).__module__ == "__main__":
+    """A copy may go to the agent only where the class says its instances are settings (`portable`)."""
+    if (not getattr(sink, "portable", False) or getattr(sink, "stay_in_process", False)
+            or type(sink).__module__ == "__main__"):
         return SinkSpec(sink.name, "object", sink)
     try:
         data = pickle.dumps(sink)
-    except Exception:  # locks, sockets, local classes: it is served here, on a thread
+    except Exception:  # a lock or a socket after all: it is served here, on a thread
         return SinkSpec(sink.name, "object", sink)
     return SinkSpec(sink.name, "pickle", data)
 
@@ -111,10 +111,18 @@ def _import_path(cls: type) -> str | None:
     module, qualname = cls.__module__, cls.__qualname__
     if module == "__main__" or "<locals>" in qualname:
         return None
+    path = f"{module}:{qualname}"
     try:
-        found: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            found = getattr(found, part)
+        found = import_qualified(path)
     except (ImportError, AttributeError):
         return None
-    return f"{module}:{qualname}" if found is cls else None
+    return path if found is cls else None
+
+
+def import_qualified(path: str) -> Any:
+    """The object named "module:qualname"; raises ImportError or AttributeError if there is none."""
+    module, _, qualname = path.partition(":")
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found

@@ -75,7 +75,7 @@ class TrackingCallback(TrainerCallback):
                 tracker.set_tag(key, value)
             elif key not in self._skipped:
                 self._skipped.add(key)
-                _logger.warning("tracking: transformers logged %r = %.80r, which is neither a number nor text; "
+                _logger.warning("transformers logged %r = %.80r, which is neither a number nor text; "
                                 "it is not recorded", key, value)
         if metrics:
             tracker.log_metrics(metrics, step=state.global_step)

@@ -371,7 +371,7 @@ class JournalReader:
             self.corrupt_lines += 1
         if not self._warned:
             self._warned = True
-            _logger.warning("tracking: %s in %s was skipped (the file is damaged); further damage in "
+            _logger.warning("%s in %s was skipped (the file is damaged); further damage in "
                             "this journal is counted without a warning", what, self.path)
 
 

@@ -112,7 +112,7 @@ class JournalWriter:
             try:
                 os.ftruncate(self._fd, self.size)
             except OSError:
-                _logger.error("tracking: could not cut a torn write off %s; readers will skip the torn "
+                _logger.error("could not cut a torn write off %s; readers will skip the torn "
                               "line", self.path)
             raise
         self.size += len(view)
@@ -141,7 +141,7 @@ class JournalWriter:
             try:
                 orjson.dumps(stored, default=json_default)
             except (TypeError, orjson.JSONEncodeError) as exc:
-                _logger.error("tracking: an event could not be journaled and is left out (%s): %.200r",
+                _logger.error("an event could not be journaled and is left out (%s): %.200r",
                               exc, event)
                 continue
             kept.append(event)

@@ -10,9 +10,9 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from ..errors import UnknownSinkError
-from .base import PermanentSinkError, RunContext, Sink
+from .base import PermanentSinkError, Resume, RunContext, Sink
 
-__all__ = ["Sink", "RunContext", "PermanentSinkError", "resolve_sink", "load_sink_class", "available_sinks",
+__all__ = ["Sink", "RunContext", "Resume", "PermanentSinkError", "resolve_sink", "load_sink_class", "available_sinks",
            "ENTRY_POINT_GROUP"]
 
 ENTRY_POINT_GROUP = "tracking.sinks"

@@ -1,21 +1,27 @@
 """The sink contract: what every sink, built-in or third-party, receives and promises.
 
 Where a sink's calls run. Async mode: in the delivery agent (`tracking.agent`), a process of its
-own for a sink named by entry point, given as a class (or `(name_or_class, {kwargs})`), or given
-as an instance that can be pickled; on a thread of the training process for an instance that can't
-travel (not picklable, its class defined in `__main__`) or that says ``stay_in_process = True``.
-Sync mode: on the caller's thread. `python -m tracking replay`: its main thread. Never from two
-threads at once for one sink instance. In the agent, calls run in a worker thread of its event
-loop, except the ``write`` and ``flush`` of a sink that sets ``blocking = False`` (they only touch
-local files and return within milliseconds), which run on the loop's own thread.
+own, for a sink named by entry point or given as a class (or `(name_or_class, {kwargs})`); a sink
+given as an instance is the object that receives the events, served on a thread of the training
+process, unless its class says ``portable = True`` (see below). A sink whose class says
+``stay_in_process = True`` runs in the training process however it is given. Sync mode: on the
+caller's thread. `python -m tracking replay`: its main thread. Never from two threads at once for
+one sink instance. In the agent, calls run in a worker thread of its event loop, except the
+``write`` and ``flush`` of a sink that sets ``blocking = False`` (they only touch local files and
+return within milliseconds), which run on the loop's own thread.
 
 A sink is any object with these four methods (`Sink` below). For each run it sees, in this order:
 
 1. ``open(run)`` once, before any event. ``run`` is a `RunContext`. It may return a mapping of facts
    to record in the run's ``meta.json`` under the sink's name (the MLflow sink returns its run id).
-   ``run.resume`` is empty for a fresh delivery. When a delivery resumes (a new agent after a
-   killed one, a replay) it holds the facts the sink returned before, ``delivered_seq`` (the
-   committed cursor: the sink gets the events after it) and ``checkpoint`` (see below).
+   ``run.resume`` is None for a fresh delivery. When a delivery resumes (a new agent after a killed
+   one, ``python -m tracking replay``) it is a `Resume`, with three fields:
+   ``committed_seq``: every event of the run up to this seq is in the sink already; the first
+   ``write`` starts with the event right after it. ``checkpoint``: what ``checkpoint()`` returned
+   when that cursor was committed (None for a sink without one). ``facts``: what ``open``
+   returned the first time (MLflow: ``mlflow_run_id``, ``tracking_uri``). A sink that says
+   ``rebuild_on_resume = True`` gets ``committed_seq == 0`` and ``checkpoint is None``: every event
+   again, from the first.
 2. ``write(events)`` any number of times, with the run's events in the order they were logged, each
    event exactly once while calls succeed. Events are typed tuples (`tracking.events`: `Metrics`,
    `Params`, `Tag`, `Artifact`, `Figure`, `Experiment`, `Model`; ``event[0]`` is the kind; a sink
@@ -32,11 +38,14 @@ A sink is any object with these four methods (`Sink` below). For each run it see
 Optional:
 
 - ``checkpoint()``, called right after a successful ``flush()``: a JSON-able mapping saved with the
-  cursor and handed back in ``run.resume["checkpoint"]``. A sink that appends to a file uses it to
+  cursor and handed back in ``run.resume.checkpoint``. A sink that appends to a file uses it to
   resume exactly where the cursor is (TensorBoard: the event file and its size).
 - ``rebuild_on_resume = True``: the sink's output is rebuilt from the whole run (JSON: latest
   values, the per-step CSV), so a resumed delivery gives it every event again.
 - ``blocking = False`` and ``stay_in_process = True``: see above.
+- ``portable = True``: an instance is only its settings until ``open`` (define ``__reduce__`` to
+  send those, not open files), so a copy pickled to the agent process serves as well as the
+  instance itself. The built-in sinks say so. Without it, the instance you hold is the one called.
 
 Delivery across a killed agent: what was committed is not sent again; the events after the cursor
 are. That is exactly once for a sink with ``checkpoint`` or ``rebuild_on_resume`` (MLflow's SQL
@@ -52,8 +61,7 @@ the sink's backlog in the journal, not in memory. A failing sink never blocks th
 undelivered events can be replayed with ``python -m tracking replay``.
 
 Sinks are found by name through the ``tracking.sinks`` entry-point group; a sink class is built with
-no arguments when named by a string, so give every constructor argument a default. A sink sent to
-an agent process is pickled: define ``__reduce__`` to send its settings rather than its state.
+no arguments when named by a string, so give every constructor argument a default.
 """
 from __future__ import annotations
 
@@ -65,7 +73,19 @@ from ..errors import PermanentSinkError  # defined with the other exceptions; si
 from ..events import SinkEvent
 from ..redact import DEFAULT_SECRET_KEY_PATTERNS
 
-__all__ = ["Sink", "RunContext", "PermanentSinkError"]
+__all__ = ["Sink", "RunContext", "Resume", "PermanentSinkError"]
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where an earlier delivery of this run to this sink stands (`RunContext.resume`)."""
+
+    #: every event up to this seq is in the sink; `write` gets the events after it, in order
+    committed_seq: int
+    #: what the sink's `checkpoint()` returned when that cursor was committed (None: no checkpoint)
+    checkpoint: Any = None
+    #: what the sink's `open` returned the first time (the MLflow sink: its run id and store)
+    facts: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -81,9 +101,8 @@ class RunContext:
     mode: str
     #: experiments the user asked to create before the run started (create_experiment)
     experiments: tuple[str, ...] = ()
-    #: what an earlier delivery of this run committed (a resumed agent, replay): the sink's facts
-    #: (e.g. the MLflow run id), `delivered_seq` and `checkpoint`; empty for a fresh delivery
-    resume: Mapping[str, Any] = field(default_factory=dict)
+    #: where an earlier delivery of this run to the sink stands (a new agent, replay); None: fresh
+    resume: Resume | None = None
     #: config/param/tag keys whose values a sink must mask before they leave the machine
     #: (`tracking.redact.redact_config`); local files keep them
     secret_key_patterns: tuple[str, ...] = DEFAULT_SECRET_KEY_PATTERNS
@@ -96,7 +115,7 @@ class Sink(Protocol):
     #: the name the sink reports under in stats(), meta.json and warnings
     name: str
     # Optional, not part of the protocol check: ``checkpoint()``, ``rebuild_on_resume``,
-    # ``blocking`` and ``stay_in_process`` (see the module docstring).
+    # ``blocking``, ``stay_in_process`` and ``portable`` (see the module docstring).
 
     def open(self, run: RunContext) -> Mapping[str, Any] | None: ...
 

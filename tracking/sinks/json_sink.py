@@ -48,6 +48,7 @@ class JsonSink:
     name = "json"
     blocking = False  # local files only: the agent calls it on its loop's thread (see sinks.base)
     rebuild_on_resume = True  # its files are rebuilt from the whole journal, not appended to
+    portable = True  # settings until open() (see __reduce__): the agent may build its own copy
 
     def __init__(self, metrics_interval_s: float = 1.0, max_rows_in_memory: int = 50_000) -> None:
         if type(max_rows_in_memory) is not int or max_rows_in_memory < 1:

@@ -11,22 +11,21 @@ MLP (2 layers, batch 64, 1 torch thread, ~0.3 ms/step): while the sink wrote to 
 on a thread, training steps took 3.5-9x as long (median 5.6x); at 1,000 metrics/s, ~10% longer.
 With the store in the helper, steps took as long as without logging (1.00x median). Against a server
 the REST client mostly waits on the socket, and helper and thread measured alike, so servers stay on
-the sink's thread by default. The helper is started with ``subprocess`` running `helper._helper_main`
-in a fresh interpreter (what multiprocessing's "spawn" does, minus re-running the user's
-``__main__``, which spawn does in every script that lacks an ``if __name__ == "__main__"`` guard),
-and fed pickled plain tuples over a socket pair.
+the sink's thread by default. The helper is started by `tracking.spawn` running `helper.main` in a
+fresh interpreter (what multiprocessing's "spawn" does, minus re-running the user's ``__main__``,
+which spawn does in every script that lacks an ``if __name__ == "__main__"`` guard), and fed
+pickled plain tuples over a socket pair.
 """
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import subprocess
-import sys
 from typing import Any, Mapping
 
 from ...channel import recv_msg, send_msg
 from ...errors import MLflowSinkError
+from ...spawn import SpawnError, reap, start_process
 from . import helper as _helper
 from .store import _describe_error, _Store
 from .uri import ResolvedUri, redact_text
@@ -39,8 +38,6 @@ _logger = logging.getLogger(__name__)
 #: how long close() waits for the helper to exit before terminating it
 _HELPER_STOP_TIMEOUT_S = 5.0
 
-#: run in the helper's fresh interpreter: the parent's sys.path, then `helper._helper_main`
-_BOOTSTRAP = "import sys; sys.path[:0] = {path!r}; import importlib; importlib.import_module({module!r})._helper_main({fd})"
 
 
 class _InlineBackend:
@@ -121,22 +118,20 @@ class _HelperBackend:
 
     def _start(self) -> None:
         self._kill()
-        if not sys.executable:
-            raise MLflowSinkError(
-                "cannot start the MLflow helper process: sys.executable is empty (embedded Python?); "
-                "use MLflowSink(process=False) to run MLflow on the sink's thread"
-            )
         parent, child = socket.socketpair()
-        bootstrap = _BOOTSTRAP.format(path=list(sys.path), module=_helper.__name__, fd=child.fileno())
         try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-c", bootstrap],
+            self._proc = start_process(
+                _helper.__name__, [str(child.fileno())],
                 pass_fds=(child.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,  # MLflow's log lines go to stderr, which is inherited
-                env={**os.environ, **self._env},
+                env=self._env,
                 close_fds=True,
             )
+        except SpawnError as exc:
+            parent.close()
+            raise MLflowSinkError(f"cannot start the MLflow helper process ({exc}); use "
+                                  "MLflowSink(process=False) to run MLflow on the sink's thread") from None
         finally:
             child.close()
         self._sock = parent
@@ -153,7 +148,7 @@ class _HelperBackend:
             sock.close()  # the helper sees EOF and exits on its own
         if proc is None:
             return None
-        return _reap(proc, _HELPER_STOP_TIMEOUT_S)
+        return reap(proc, _HELPER_STOP_TIMEOUT_S)
 
     def stop(self) -> None:
         """Ask the helper to exit, and wait for it (bounded)."""
@@ -165,17 +160,3 @@ class _HelperBackend:
                 pass
         self._kill()
 
-
-def _reap(proc: subprocess.Popen, timeout_s: float) -> int | None:
-    """Wait up to `timeout_s` for `proc`, then terminate it, then kill it."""
-    for stop in (None, proc.terminate, proc.kill):
-        if stop is not None:
-            try:
-                stop()
-            except OSError:
-                pass
-        try:
-            return proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            continue
-    return proc.poll()

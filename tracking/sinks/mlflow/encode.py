@@ -209,7 +209,7 @@ class _Encoder:
             elif kind == EXPERIMENT:
                 experiments.append(("experiment", event[1]))
             else:
-                _logger.debug("mlflow sink: ignoring an event of unknown kind %r", kind)
+                _logger.debug("ignoring an event of unknown kind %r", kind)
         return experiments + self.batches(rows, list(params.items()), list(tags.items())) + files
 
     def batches(self, rows: list[tuple], params: list[tuple], tags: list[tuple]) -> list[tuple]:

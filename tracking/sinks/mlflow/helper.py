@@ -1,8 +1,8 @@
 """The MLflow helper process: answers the sink's calls with a `store._Store` until told to stop.
 
 Runs in the helper process only, on its main thread: a fresh interpreter that
-`backends._HelperBackend` starts, which imports this module and calls `_helper_main` with its end of
-a socket pair (see `backends` for why MLflow runs there). The training process imports this module
+`backends._HelperBackend` starts (`tracking.spawn`), which calls `main` with its end of a socket
+pair (see `backends` for why MLflow runs there). The training process imports this module
 (to name it) but never runs it.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ import sys
 from ...channel import recv_msg, send_msg
 from .store import _describe_error, _Store
 
-# Private to the package: the entry point `backends._HelperBackend` starts.
-__all__ = ["_helper_main"]
+# The entry point `backends._HelperBackend` starts; nothing else calls it.
+__all__ = ["main"]
 
 _logger = logging.getLogger(__name__)
 
@@ -41,7 +41,12 @@ def _lower_priority() -> None:
         pass
 
 
-def _helper_main(fd: int) -> None:
+def main(argv: list[str]) -> None:
+    """`argv`: the file descriptor of the helper's end of the socket pair."""
+    _serve(int(argv[0]))
+
+
+def _serve(fd: int) -> None:
     """The helper process: answer the sink's calls until it says stop or goes away."""
     # Ctrl-C reaches the whole process group; the parent decides when the helper stops, so that
     # the run's last batches and its status still reach MLflow after a KeyboardInterrupt.

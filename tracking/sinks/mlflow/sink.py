@@ -110,6 +110,7 @@ class MLflowSink:
     """
 
     name = "mlflow"
+    portable = True  # settings until open() (see __reduce__): the agent may build its own copy
 
     def __init__(
         self,
@@ -201,7 +202,7 @@ class MLflowSink:
             rejected = self._run_plan(self._plan) if self._plan is not None else []
             self._plan = None
             if rejected:  # open has no "permanent" answer: say so and go on with the run
-                _logger.warning("mlflow sink: MLflow refused part of the config: %s", "; ".join(rejected))
+                _logger.warning("MLflow refused part of the config: %s", "; ".join(rejected))
             return dict(self._facts)
 
     def write(self, events: Sequence[tuple]) -> None:
@@ -233,7 +234,7 @@ class MLflowSink:
                     if not exc.permanent:
                         raise  # the engine retries close(); the helper stays up for that
                     # e.g. the run was deleted meanwhile: retrying cannot help, and close must end
-                    _logger.warning("mlflow sink: could not set run %s to %s: %s", self._run_id, status, exc)
+                    _logger.warning("could not set run %s to %s: %s", self._run_id, status, exc)
             self._backend.stop()
             self._reset_run()
 
@@ -258,10 +259,8 @@ class MLflowSink:
 
     def _resume_run_id(self, run: RunContext) -> str | None:
         """The MLflow run an earlier delivery of this run created, if it went to this store."""
-        resume = run.resume or {}
-        facts = (resume.get("sinks") or {}).get(self.name) or {}
-        run_id = facts.get("mlflow_run_id") or resume.get("mlflow_run_id")
-        uri = facts.get("tracking_uri") or resume.get("tracking_uri")
+        facts = run.resume.facts if run.resume is not None else {}
+        run_id, uri = facts.get("mlflow_run_id"), facts.get("tracking_uri")
         if run_id and uri and uri != self.tracking_uri:
             self._warn_once(
                 "resume_uri",

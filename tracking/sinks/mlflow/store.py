@@ -177,7 +177,7 @@ class _Store:
         self._client.log_artifacts(run_id, folder, artifact_path)
         if registered_name is not None:
             version = self._register(run_id, artifact_path, registered_name)
-            _logger.info("mlflow sink: model %r version %s is runs:/%s/%s", registered_name, version,
+            _logger.info("model %r version %s is runs:/%s/%s", registered_name, version,
                          run_id, artifact_path)
 
     def _register(self, run_id: str, artifact_path: str, name: str) -> str:
@@ -272,4 +272,4 @@ def _prepare_sqlite(uri: str, artifact_location: str | None) -> None:
 
         SqlAlchemyStore(uri, artifact_location).engine.dispose()
     except Exception as exc:  # not public API: if it moved, MLflow creates the database itself
-        _logger.debug("mlflow sink: could not pre-create %s (%s); MLflow will", db_path, exc)
+        _logger.debug("could not pre-create %s (%s); MLflow will", db_path, exc)

@@ -66,6 +66,7 @@ class TensorBoardSink:
 
     name = "tensorboard"
     blocking = False  # local files only: the agent calls it on its loop's thread (see sinks.base)
+    portable = True  # settings until open() (see __reduce__): the agent may build its own copy
 
     def __init__(self, flush_interval_s: float = 1.0, buffer_bytes: int = 1 << 20) -> None:
         if _MISSING is not None:  # fail when the sink is built, naming the extra to install
@@ -91,7 +92,7 @@ class TensorBoardSink:
         self._secret_patterns = run.secret_key_patterns
         self._config = redact_config(run.config, self._secret_patterns)  # event files get shared
         self._step = 0
-        checkpoint = (run.resume or {}).get("checkpoint")
+        checkpoint = run.resume.checkpoint if run.resume is not None else None
         if isinstance(checkpoint, Mapping) and self._resume(checkpoint):
             return {"event_file": checkpoint["event_file"]}
         # TensorBoard finds files by "tfevents" in the name; time first so that names sort by age;
