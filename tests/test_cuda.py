@@ -31,6 +31,9 @@ class _OnAnotherDevice(torch.Tensor):
 
 @pytest.mark.parametrize("call", ["log_metric", "log_metrics"])
 def test_a_scalar_on_another_accelerator_is_read_on_the_writer_thread_as_it_was_at_the_call(make_tracker, call):
+    """A subclass goes the `isinstance` way (`events._coerce_tensor`), where a real MPS or XLA tensor,
+    of type `torch.Tensor` itself, goes from the C check or `coerce_value`'s first branch on `is_cpu`
+    to the same `_coerce_tensor`; only a machine with such a device runs that first step."""
     sink = RecordingSink()
     tracker = make_tracker([sink])
     tracker.start_run()

@@ -116,7 +116,7 @@ def test_disk_full_under_the_json_sink_is_reported_and_other_sinks_go_on(make_tr
     report = tracker.end_run(timeout_s=1)
     assert len(good.events) == 100 and report.sinks["good"]["undelivered"] == 0
     assert report.sinks["json"]["errors"] >= 1 and "No space left on device" in report.sinks["json"]["last_error"]
-    assert report.replay_commands == [f"{report.replay_commands[0].split(' -m ')[0]} -m tracking replay "
+    assert report.replay_commands == [f"{Path(sys.executable).with_name('batteryml-tracking')} replay "
                                       f"{tracker.base_dir / run_id} --to json"]
     monkeypatch.undo()  # space again: the replay rebuilds metrics.json
     out = _cli("replay", str(tracker.base_dir / run_id), "--to", "json")

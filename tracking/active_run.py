@@ -83,10 +83,13 @@ class AsyncRun:
         marker = self.writer.request_flush(timeout_s)
         if marker is None or not marker.complete:
             return False
-        waiters = [link.flush(self.run.run_id, marker.seq) for link in self.links]
-        for waiter in waiters:
+        waiters = [(link, link.flush(self.run.run_id, marker.seq)) for link in self.links]
+        for index, (_, waiter) in enumerate(waiters):
             answer = waiter.wait(None if deadline is None else deadline - time.monotonic())
             if answer is None or not answer.ok:
+                for link, unanswered in waiters[index:]:  # not asked again of a restarted agent
+                    if unanswered.answer is None:
+                        link.forget_flush(unanswered)
                 return False
         return True
 

@@ -15,7 +15,7 @@ import logging
 import pickle
 import socket
 import struct
-from typing import Any
+from typing import Any, Iterator
 
 __all__ = ["send_msg", "recv_msg", "recv_exact", "frame", "FrameReader"]
 
@@ -55,15 +55,18 @@ class FrameReader:
     def __init__(self) -> None:
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> list[Any]:
-        """The messages `data` completes, in order; raises what `pickle.loads` raises for a broken one."""
+    def feed(self, data: bytes) -> Iterator[Any]:
+        """The messages `data` completes, in order, one at a time: those before a broken one are
+        handed over before `pickle.loads` raises for it."""
         self._buffer += data
-        messages = []
+        return self._messages()
+
+    def _messages(self) -> Iterator[Any]:
         while len(self._buffer) >= _HEADER.size:
             (size,) = _HEADER.unpack_from(self._buffer)
             end = _HEADER.size + size
             if len(self._buffer) < end:
-                break
-            messages.append(pickle.loads(self._buffer[_HEADER.size:end]))
+                return
+            payload = bytes(self._buffer[_HEADER.size:end])
             del self._buffer[:end]
-        return messages
+            yield pickle.loads(payload)

@@ -50,8 +50,12 @@ def _status(meta: dict[str, Any], sinks: dict[str, dict[str, Any]], orphaned: bo
 
 
 def _replay_commands(run_dir: Path, sinks: dict[str, dict[str, Any]], orphaned: bool) -> list[str]:
-    """What delivers the rest of a run nothing delivers any more (none for a run being delivered)."""
-    return [replay_command(run_dir, name) for name, r in sinks.items() if orphaned and r["undelivered"]]
+    """What delivers the rest of a run nothing delivers any more, and closes its sinks (none for a
+    run being delivered): every sink behind, or not closed."""
+    if not orphaned:
+        return []
+    return [replay_command(run_dir, name) for name, r in sinks.items()
+            if r["undelivered"] or r.get("state") != "closed"]
 
 
 def _runs(base_dir: Path) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ import os
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -66,8 +66,11 @@ class ModelInfo:
     artifact_path: str
     registered_model_name: str | None
     serialization_format: str
-    #: the MLflow run's id, waited for (None: the tracker does not send to MLflow)
-    _mlflow_run_id: Callable[[], str] | None = field(default=None, repr=False, compare=False)
+    #: gives the MLflow run's id, waiting for it (None: the tracker does not send to MLflow)
+    mlflow_run_id: InitVar[Callable[[], str] | None] = None
+
+    def __post_init__(self, mlflow_run_id: Callable[[], str] | None) -> None:
+        object.__setattr__(self, "_mlflow_run_id", mlflow_run_id)  # not a field: not in repr, ==, asdict
 
     @functools.cached_property
     def model_uri(self) -> str:

@@ -32,10 +32,11 @@ PATH_VARIABLE = "BATTERYML_TRACKING_SYS_PATH"
 #: where this package was imported from: what every child imports as `tracking`
 PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
-# Kept short so that `ps` stays readable. `-c` puts the working directory first on the path: it
-# goes before the first import, and `tracking` is ours before anything imports it.
+# `-c` puts the working directory first on the path (unless -P / PYTHONSAFEPATH): it goes before
+# the first import, and `tracking` is ours before anything can import another.
 _BOOTSTRAP = """\
-import sys; del sys.path[0]
+import sys
+if not getattr(sys.flags, "safe_path", False): del sys.path[0]
 import importlib, importlib.util as u, json, os
 package, module = sys.argv.pop(1), sys.argv.pop(1)
 sys.path[:] = json.loads(os.environ.pop({variable!r}, "null")) or sys.path
@@ -54,6 +55,8 @@ def command(module: str, args: Sequence[str] = ()) -> list[str]:
     """The argv that runs `module.main(args)` in a fresh interpreter, with this package as `tracking`."""
     if not sys.executable:
         raise SpawnError("sys.executable is empty (an embedded interpreter): no Python to start")
+    if not os.path.isfile(os.path.join(PACKAGE_DIR, "__init__.py")):  # a zip, a frozen app
+        raise SpawnError(f"this package is not in a folder a new interpreter can import it from ({PACKAGE_DIR})")
     return [sys.executable, "-c", _BOOTSTRAP, PACKAGE_DIR, module, *args]
 
 
@@ -64,20 +67,30 @@ def start_process(module: str, args: Sequence[str] = (), *, env: dict[str, str] 
     `env` adds to (and overrides) this process's environment. Raises `SpawnError` when no process
     could be started.
     """
-    environment = {**os.environ, **(env or {}), PATH_VARIABLE: json.dumps(_absolute_path())}
+    argv = command(module, args)
     try:
-        return subprocess.Popen(command(module, args), env=environment, **popen)
-    except SpawnError:
-        raise
-    except OSError as exc:
+        environment = {**os.environ, **(env or {}), PATH_VARIABLE: json.dumps(_absolute_path())}
+        return subprocess.Popen(argv, env=environment, **popen)
+    except (OSError, TypeError, ValueError) as exc:  # no such interpreter, fork refused, a bad path entry
         raise SpawnError(f"cannot start {module} with {sys.executable}: {exc}") from exc
 
 
 def _absolute_path() -> list[str]:
     """This process's sys.path with relative entries (``''`` is the working directory) made absolute:
-    the child may change directory; the entries must keep meaning what they meant here."""
-    cwd = os.getcwd()
-    return [os.path.join(cwd, entry) if not os.path.isabs(entry) else entry for entry in sys.path]
+    the child may change directory; the entries must keep meaning what they meant here. Without a
+    working directory (it was deleted) they mean nothing, and are left out."""
+    try:
+        cwd: str | None = os.getcwd()
+    except OSError:
+        cwd = None
+    entries = []
+    for entry in sys.path:
+        entry = os.fsdecode(os.fspath(entry))
+        if os.path.isabs(entry):
+            entries.append(entry)
+        elif cwd is not None:
+            entries.append(os.path.join(cwd, entry))
+    return entries
 
 
 def reap(proc: subprocess.Popen, timeout_s: float) -> int | None:

@@ -28,6 +28,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 # A delivery thread (tracking.agent.link) runs anyio on asyncio, imported there lazily; asyncio is
 # imported here, on the importing thread, so that a fork() while that thread still imports it can't
 # leave the child with a half-imported module (seen: "partially initialized module 'asyncio'").
+# anyio's own asyncio backend is still imported on that thread (anyio has no public way to import
+# it ahead): a child forked right then could not run a delivery thread of its own.
 import asyncio  # noqa: F401
 
 import anyio
@@ -319,11 +321,16 @@ class Tracker:
         return report
 
     def close(self, timeout_s: float | None = None) -> None:
-        """End the active run (if any) and let the delivery agents go once they are done."""
+        """End the active run (if any) and let the delivery agents go once they are done; with
+        `timeout_s`, all of it within that time (the agents finish alone what is left)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         self.end_run(timeout_s=timeout_s)
         links, self._links = self._links, None
         for link in links or ():
-            link.close()
+            if deadline is None:
+                link.close()
+            else:
+                link.close(timeout_s=max(deadline - time.monotonic(), 0.0))
 
     def _end_from_hook(self, status: str, timeout_s: float) -> None:
         """Called by the atexit hook and signal handlers (tracking.lifecycle): the process is going.

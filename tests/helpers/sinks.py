@@ -13,7 +13,8 @@ from typing import Any, Mapping, Sequence
 
 from tracking.sinks.base import RunContext
 
-__all__ = ["RecordingSink", "FailingSink", "FailingOpenSink", "GateSink", "SlowSink", "TalkativeSink"]
+__all__ = ["RecordingSink", "FailingSink", "FailingOpenSink", "GateSink", "SlowSink", "TalkativeSink",
+           "AgentFailingSink"]
 
 
 class RecordingSink:
@@ -111,7 +112,8 @@ class SlowSink(RecordingSink):
 
 
 class TalkativeSink:
-    """Built in the agent process (named by class): warns once per run and logs at two levels there."""
+    """Built in the agent process (named by class): warns once per run and logs at two levels there,
+    under a logger of its own (a user's sink logs under its module's name, not ours)."""
 
     name = "talkative"
 
@@ -123,7 +125,7 @@ class TalkativeSink:
         import warnings
 
         warnings.warn("talkative sink opened", UserWarning)
-        logging.getLogger("tracking.test.talkative").debug("opened for %d events so far", self.events)
+        logging.getLogger("talkative_sink").debug("opened for %d events so far", self.events)
 
     def write(self, events: Sequence[tuple]) -> None:
         self.events += len(events)
@@ -134,5 +136,11 @@ class TalkativeSink:
     def close(self, status: str) -> None:
         import logging
 
-        logging.getLogger("tracking.test.talkative").info("closed after %d events", self.events)
+        logging.getLogger("talkative_sink").info("closed after %d events", self.events)
         self.events = 0
+
+
+class AgentFailingSink(FailingSink):
+    """FailingSink built in the agent process (named by class): its failures are the agent's to report."""
+
+    stay_in_process = False

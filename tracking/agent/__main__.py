@@ -54,15 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _forward_logs(agent: Agent) -> None:
-    """Our log records and every warning go to the training process (its level comes with
-    `Configure`; until then INFO), or to stderr once it is gone."""
-    logger = logging.getLogger("tracking")
-    logger.addHandler(ChannelLogHandler(agent))
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+    """Every log record (ours, a user sink's, a library's that propagates) and every warning go to
+    the training process, or to stderr once it is gone. The levels come with `Configure`; until
+    then our loggers send from INFO up."""
+    logging.getLogger().addHandler(ChannelLogHandler(agent))
+    logging.getLogger("tracking").setLevel(logging.INFO)
     # Every occurrence goes over (up to a cap): the training process's filters and registries
     # decide what is shown, as if the warning were raised there. The categories Python ignores by
-    # default stay ignored here, unless the user's -W / PYTHONWARNINGS said otherwise.
+    # default stay ignored here, unless PYTHONWARNINGS (which the agent inherits) says otherwise.
     if not sys.warnoptions:
         warnings.simplefilter("always")
         for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):

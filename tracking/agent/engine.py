@@ -397,5 +397,11 @@ class SinkSlot:
 
 
 def replay_command(run_dir: str | os.PathLike | Path, sink: str) -> str:
-    """The shell command that delivers a run's journal to `sink` (credentials never appear here)."""
-    return f"{shlex.quote(sys.executable)} -m tracking replay {shlex.quote(str(run_dir))} --to {shlex.quote(sink)}"
+    """The shell command that delivers a run's journal to `sink` (credentials never appear here).
+
+    Our console script where it is installed beside this interpreter: unlike ``python -m
+    tracking``, it does not look for the package in the working directory first, where a folder of
+    the user's named `tracking` would stand in for ours."""
+    script = Path(sys.executable).with_name("batteryml-tracking")
+    program = shlex.quote(str(script)) if script.is_file() else f"{shlex.quote(sys.executable)} -m tracking"
+    return f"{program} replay {shlex.quote(str(run_dir))} --to {shlex.quote(sink)}"

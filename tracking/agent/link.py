@@ -53,13 +53,15 @@ PROCESS = "process"
 THREAD = "thread"
 #: restarts of a process agent after which the link falls back to a thread (one warning)
 _MAX_RESTARTS = 5
-#: how long close() waits for the link's threads, and a dead agent's process is waited for
+#: how long close() waits for the link's threads; how long a dead agent's process is waited for
+#: before it is terminated (and waited for again), then killed (and again)
 _CLOSE_TIMEOUT_S = 5.0
 #: how long an agent may leave a message unread before it is taken for hung and killed
 _SEND_TIMEOUT_S = 10.0
 #: the back-off before restart number n is n times this (at most 10 times)
 _RESTART_BACKOFF_S = 0.05
 _RECV_BYTES = 1 << 20
+_END = object()
 
 
 class LinkState(enum.Enum):
@@ -155,7 +157,8 @@ class AgentLink:
 
     def close(self, timeout_s: float = _CLOSE_TIMEOUT_S) -> None:
         """Let the agent finish the runs it is ending alone, then exit; leaves no thread of the
-        link running (the I/O thread ends once Shutdown is sent; each is waited for `timeout_s`)."""
+        link running (the I/O thread ends once Shutdown is sent), waiting at most `timeout_s` in all."""
+        deadline = time.monotonic() + timeout_s
         with self._lock:
             if self.state is not LinkState.RUNNING:
                 if self.state is LinkState.IDLE:
@@ -163,12 +166,12 @@ class AgentLink:
                 return
             self.state = LinkState.CLOSED
             self._outbox += frame(Shutdown())
+            self._poke()
         self._closing.set()
-        self._poke()
         conn = self._conn
         for thread in (self._io, conn.thread if conn is not None else None):
             if thread is not None and thread is not threading.current_thread():
-                thread.join(timeout_s)
+                thread.join(max(deadline - time.monotonic(), 0.0))
 
     def stop_with(self, owner_close: Any) -> None:
         """What a stop() on one of the link's threads calls first: its tracker's close(), held
@@ -242,6 +245,11 @@ class AgentLink:
             self._queue(message)
         return waiter
 
+    def forget_flush(self, waiter: Waiter) -> None:
+        """The caller stopped waiting for this flush (its deadline passed): no agent is asked again."""
+        with self._lock:
+            self._flushes.pop(waiter.message.token, None)
+
     def forget_run(self, run_id: str) -> None:
         """The tracker stopped waiting for this run (its deadline passed)."""
         with self._lock:
@@ -259,28 +267,46 @@ class AgentLink:
             self._poke()
 
     def _poke(self) -> None:
+        """Wake the I/O thread (the lock is held: the I/O thread closes the pipe under it)."""
+        if self._poke_w < 0:
+            return
         try:
             os.write(self._poke_w, b"!")
-        except OSError:  # full: the I/O thread has wake-ups to read already (or the link is gone)
+        except OSError:  # full: the I/O thread has wake-ups to read already
             pass
 
     # -- the I/O thread ----------------------------------------------------------------------------
 
     def _serve(self) -> None:
-        """The I/O thread: serve each agent until its channel ends, then start the next."""
-        while True:
-            conn = self._conn
-            try:
-                if conn is None or self._pump(conn):
-                    return  # closed: Shutdown is sent
-                if not self._restart(conn):
+        """The I/O thread: serve each agent until its channel ends, then start the next; at the
+        end, close what the link holds (the agent, told to shut down, goes on alone)."""
+        try:
+            while True:
+                conn = self._conn
+                if conn is None or self._pump(conn) or not self._restart(conn):
                     return
-            except Exception:  # a bug must not leave the link without its thread unsaid
-                _logger.exception("the delivery agent's link failed; undelivered events stay in the journal "
-                                  "for python -m tracking replay")
-                with self._lock:
-                    self.state = LinkState.CLOSED
-                return
+        except Exception:  # a bug must not end the link without a word
+            _logger.exception("the delivery agent's link failed; undelivered events stay in the journal "
+                              "for python -m tracking replay")
+            with self._lock:
+                self.state = LinkState.CLOSED
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """Close the poke pipe, the wake pipe and our end of the channel (the I/O thread, at its end)."""
+        with self._lock:
+            fds = [fd for fd in (self._poke_r, self._poke_w) if fd >= 0]
+            self._poke_r = self._poke_w = -1
+        conn = self._conn
+        if conn is not None:
+            with self._wake_lock:
+                if conn.wake_fd >= 0:
+                    fds.append(conn.wake_fd)
+                    conn.wake_fd = -1
+            conn.sock.close()
+        for fd in fds:
+            os.close(fd)
 
     def _pump(self, conn: _Connection) -> bool:
         """Send what is queued and hand over what arrives, until the link is closed and Shutdown is
@@ -331,18 +357,22 @@ class AgentLink:
             return False
         if not data:
             return False
-        try:
-            messages = reader.feed(data)
-        except Exception:  # a broken message: this channel can't be trusted any more
-            _logger.exception("the delivery agent (pid %s) sent a message that can't be read; restarting it",
-                              conn.pid)
-            return False
-        for message in messages:
+        messages = reader.feed(data)
+        while True:
+            try:
+                message = next(messages, _END)
+            except Exception:  # a broken message: this channel can't be trusted any more
+                _logger.exception("the delivery agent (pid %s) sent a message that can't be read; restarting it",
+                                  conn.pid)
+                if conn.proc is not None:
+                    conn.proc.kill()
+                return False
+            if message is _END:
+                return True
             try:
                 self._receive(message)
             except Exception:  # a bug must not leave the link without its reader
                 _logger.exception("could not handle the delivery agent's %.100r", message)
-        return True
 
     def _write(self, conn: _Connection) -> bool:
         """Send as much of the outbox as the channel takes now; True if any of it went."""
@@ -403,7 +433,7 @@ class AgentLink:
         conn.sock.close()
         code = reap(conn.proc, _CLOSE_TIMEOUT_S) if conn.proc is not None else None
         with self._lock:
-            self._outbox.clear()  # rebuilt for the next agent from what is still open
+            self._outbox.clear()  # rebuilt for the next agent from what is still open (_install)
             # After close(), only runs still being ended need an agent (a background end).
             if self.state is LinkState.FORGOTTEN or (self.state is LinkState.CLOSED and not self._ends):
                 return False
@@ -432,15 +462,16 @@ class AgentLink:
             self._conn = conn
         self.pid = conn.pid
         with self._lock:
-            messages: list[Any] = [Configure(self._portable_specs(), self.options, os.getpid(),
-                                             logging.getLogger("tracking").getEffectiveLevel())]
+            levels = {name: logging.getLogger(name or None).getEffectiveLevel() for name in ("", "tracking")}
+            messages: list[Any] = [Configure(self._portable_specs(), self.options, os.getpid(), levels)]
             messages += [OpenRun(run) for run in self._runs.values()]
             messages += [waiter.message for waiter in self._flushes.values()]
             messages += [waiter.message for waiter in self._ends.values()]
             if self.state is LinkState.CLOSED:
                 messages.append(Shutdown())
-            self._outbox[:0] = b"".join(frame(m) for m in messages)
-        self._poke()
+            # All there is to say to a new agent: anything queued meanwhile is in the above too.
+            self._outbox[:] = b"".join(frame(m) for m in messages)
+            self._poke()
 
     def _spawn(self) -> _Connection:
         if self.kind == PROCESS:

@@ -9,14 +9,16 @@ journal append. The agent then reads the journal itself, so events never travel 
 """
 from __future__ import annotations
 
+import builtins
 import logging
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..sinks.base import RunContext
 from .engine import RetryPolicy
-from .specs import SinkSpec, import_qualified
+from .specs import SinkSpec
 
 __all__ = [
     "AgentOptions", "Configure", "OpenRun", "Flush", "EndRun", "Shutdown",
@@ -54,8 +56,9 @@ class Configure:
     sinks: tuple[SinkSpec, ...]
     options: AgentOptions
     parent_pid: int
-    #: the training process's level for the "tracking" loggers: the agent sends what passes it
-    log_level: int = logging.WARNING
+    #: the training process's effective levels of the root ("") and the "tracking" loggers: the
+    #: agent's loggers take them, and it sends the records that pass them
+    log_levels: dict[str, int] = field(default_factory=lambda: {"": logging.WARNING, "tracking": logging.WARNING})
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,7 @@ class AgentWarning:
     """A warning raised in the agent, raised again in the training process (filterable there)."""
 
     category: str  #: "module:qualname" of the warning's class
+    builtin: str  #: the nearest built-in class it derives from: what it is where its own is not imported
     message: str
     filename: str
     lineno: int
@@ -169,12 +173,13 @@ class AgentWarning:
     @classmethod
     def of(cls, message: Warning | str, category: type[Warning], filename: str, lineno: int,
            module: str | None) -> "AgentWarning":
-        return cls(f"{category.__module__}:{category.__qualname__}", str(message), filename, lineno, module)
+        builtin = next(c.__name__ for c in category.__mro__ if c.__module__ == "builtins")
+        return cls(f"{category.__module__}:{category.__qualname__}", builtin, str(message), filename, lineno, module)
 
     def warn(self, registry: dict[Any, Any]) -> None:
         """`warnings.warn_explicit` here, on the link's thread; a filter that makes it an error
         can't raise into the training loop from there, so that is logged instead."""
-        category = _warning_class(self.category)
+        category = _warning_class(self.category, self.builtin)
         try:
             warnings.warn_explicit(self.message, category, self.filename, self.lineno, module=self.module,
                                    registry=registry)
@@ -185,10 +190,15 @@ class AgentWarning:
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
-def _warning_class(path: str) -> type[Warning]:
-    """The warning class named "module:qualname", or UserWarning if this process can't import it."""
-    try:
-        found = import_qualified(path)
-    except (ImportError, AttributeError):
-        return UserWarning
-    return found if isinstance(found, type) and issubclass(found, Warning) else UserWarning
+def _warning_class(path: str, builtin: str) -> type[Warning]:
+    """The warning class named "module:qualname" if this process has imported its module (nothing
+    is imported for it here: not on the link's thread, not with a fork maybe under way), else the
+    built-in class it derives from."""
+    module, _, qualname = path.partition(":")
+    found: Any = sys.modules.get(module)
+    for part in qualname.split(".") if found is not None else ():
+        found = getattr(found, part, None)
+    if isinstance(found, type) and issubclass(found, Warning):
+        return found
+    fallback = getattr(builtins, builtin, UserWarning)
+    return fallback if isinstance(fallback, type) and issubclass(fallback, Warning) else UserWarning

@@ -400,9 +400,7 @@ class Agent:
         self._warned[key] = seen = self._warned.get(key, 0) + 1
         if seen > _MAX_WARNINGS_FORWARDED:
             return  # the same warning again and again (a library's, every batch): enough said
-        module = next((name for name, mod in list(sys.modules.items())
-                       if getattr(mod, "__file__", None) == filename), None)
-        self.send(AgentWarning.of(message, category, filename, lineno, module))
+        self.send(AgentWarning.of(message, category, filename, lineno, _module_of(filename)))
 
     def send(self, message: Any, droppable: bool = False) -> None:
         """Send to the training process; a droppable message is skipped rather than waited for."""
@@ -468,10 +466,13 @@ class Agent:
     def _configure(self, message: Configure) -> None:
         self.options = message.options
         if self.placement == "agent":  # a process of its own: log what the training process would show
-            logging.getLogger("tracking").setLevel(message.log_level)
+            for name, level in message.log_levels.items():
+                logging.getLogger(name or None).setLevel(level)
         self.send(Configured(os.getpid(), self.pool.configure(message.sinks)))
 
     def _open_run(self, message: OpenRun) -> None:
+        if message.run.run_id in self.runs:
+            return  # served already (a link says everything again to a new agent): one service a run
         service = RunService(self, message.run)
         self.runs[message.run.run_id] = service
         self._tg.start_soon(self._serve_run, service)
@@ -541,6 +542,17 @@ class Agent:
     def _check_done(self) -> None:
         if self.state is not AgentState.SERVING and not self.runs and self._done is not None:
             self._done.set()
+
+
+def _module_of(filename: str) -> str | None:
+    """The name of the imported module whose file is `filename` (what warning filters match)."""
+    for name, module in list(sys.modules.items()):
+        try:
+            if getattr(module, "__file__", None) == filename:
+                return name
+        except Exception:  # a lazy module that raises on any attribute: not this one
+            continue
+    return None
 
 
 def _writable(sock: Any) -> bool:
