@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from tracking import Tracker
-from tracking.events import METRICS
+from tracking.journal.events import METRICS
 from tracking.journal import read_journal
 
 from .harness import interleave, log_batch_peer, median

@@ -117,7 +117,7 @@ def _fit(case: str, steps: int, base: Path, uri: str, round_: int) -> dict[str, 
 
 
 def _our_mlflow_run(logger: Any) -> str:
-    from tracking.rundir import read_meta
+    from tracking.journal.rundir import read_meta
 
     return read_meta(Path(logger.save_dir) / logger._handle.run_id)["mlflow_run_id"]
 

@@ -27,7 +27,7 @@ memory measurement runs first, so no sink thread left over from a run allocates 
 Memory per queued event: the writer is held idle (an hour's batch interval and no event-count
 wake-up) while N events are logged; the growth of tracemalloc's traced memory / N, and in a
 separate pass the growth of RSS / N, for a 1-key `log_metric` and a 10-key `log_metrics` with fresh
-float values (as `loss.item()` gives), next to `tracking.queue.event_bytes`, the estimate the queue
+float values (as `loss.item()` gives), next to `tracking.recorder.queue.event_bytes`, the estimate the queue
 turns its memory budget into a length with. (A sink that blocks would not keep events queued: the
 writer journals them whatever the sinks do, so the writer itself is held instead.)
 """
@@ -47,8 +47,8 @@ from pathlib import Path
 from typing import Any
 
 from tracking import Tracker
-from tracking.events import SCALARS
-from tracking.queue import event_bytes
+from tracking.journal.events import SCALARS
+from tracking.recorder.queue import event_bytes
 
 from .harness import cpu_delta, descendants_cpu, interleave, median
 
@@ -203,7 +203,7 @@ def _rss_growth(base: Path, kind: str, n: int) -> float:
 
 
 def _estimates() -> dict[str, int]:
-    """What `tracking.queue.event_bytes` says, on events shaped as the log calls build them."""
+    """What `tracking.recorder.queue.event_bytes` says, on events shaped as the log calls build them."""
     return {"1-key log_metric": event_bytes((SCALARS, ("loss",), (7.5,), 7, time.time())),
             "10-key log_metrics": event_bytes((SCALARS, tuple(KEYS10), tuple(7.5 + i for i in range(10)), 7,
                                                time.time()))}

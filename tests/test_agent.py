@@ -17,7 +17,7 @@ import pytest
 
 from tracking import DualTracker
 from tracking.journal import read_journal
-from tracking.rundir import read_meta
+from tracking.journal.rundir import read_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 

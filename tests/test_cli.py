@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tracking.rundir import read_meta
+from tracking.journal.rundir import read_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 

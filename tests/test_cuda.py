@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from helpers.sinks import RecordingSink
-from tracking.errors import InvalidMetricError
+from tracking.core.errors import InvalidMetricError
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -1,4 +1,4 @@
-"""The delivery engine (tracking.agent.engine): one sink's cursor, calls and their outcomes, the
+"""The delivery engine (tracking.delivery.engine): one sink's cursor, calls and their outcomes, the
 same for the agent, sync mode and replay."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import time
 import pytest
 
 from tracking import PermanentSinkError
-from tracking.agent.cursors import DeliveryStore
-from tracking.agent.engine import Outcome, RetryPolicy, SinkSlot, SlotState
-from tracking.events import METRICS, Metrics
+from tracking.delivery.cursors import DeliveryStore
+from tracking.delivery.engine import Outcome, RetryPolicy, SinkSlot, SlotState
+from tracking.journal.events import METRICS, Metrics
 from tracking.sinks.base import Resume, RunContext
 
 FAST = RetryPolicy(initial_s=0.01, max_s=0.02)
@@ -167,7 +167,7 @@ def test_a_sink_has_one_deliverer_at_a_time(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from tracking.agent.cursors import DeliveryStore; from tracking import SinkBusyError\n"
+    code = ("import sys; from tracking.delivery.cursors import DeliveryStore; from tracking import SinkBusyError\n"
             f"try:\n    DeliveryStore({str(tmp_path)!r}).claim('list')\n"
             "except SinkBusyError as e:\n    print('busy', e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

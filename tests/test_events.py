@@ -181,7 +181,7 @@ def test_bad_values_cost_only_themselves_everywhere(tmp_path):
     from mlflow.tracking import MlflowClient
 
     from tracking import DualTracker, InvalidParamError
-    from tracking.rundir import read_meta
+    from tracking.journal.rundir import read_meta
 
     png = tmp_path / "f.bin"
     png.write_bytes(b"x")
@@ -246,7 +246,7 @@ def test_a_value_that_breaks_while_being_journaled_costs_only_itself(make_tracke
 @needs("torch")
 def test_queued_metric_events_are_left_alone_by_the_garbage_collector(make_tracker):
     """An event waits up to batch_interval_s in the queue: one the GC kept tracking would reach its
-    oldest generation and make it walk the user's whole heap (see tracking.events)."""
+    oldest generation and make it walk the user's whole heap (see tracking.recorder.capture)."""
     import torch
 
     tracker = make_tracker(["json"], batch_interval_s=60.0)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tracking import RetryPolicy
 from tracking.journal import JournalReader, read_journal
-from tracking.rundir import read_meta
+from tracking.journal.rundir import read_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 

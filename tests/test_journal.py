@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from tracking.events import ARTIFACT, METRICS, TAG, Metrics, Tag
+from tracking.journal.events import ARTIFACT, METRICS, TAG, Metrics, Tag
 from tracking.journal import JournalReader, JournalWriter, read_journal
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from helpers.extras import needs
 from tracking.journal import read_journal
-from tracking.rundir import read_meta
+from tracking.journal.rundir import read_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""The training process's link to its agent (tracking.agent.link) with a real agent process: the
+"""The training process's link to its agent (tracking.recorder.link) with a real agent process: the
 caller's deadlines hold while the agent is hung or dead, and what the agent warns and logs reaches
 the training process as an in-process library's would."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import warnings
 import pytest
 
 from helpers.sinks import TalkativeSink
-from tracking.errors import MLflowSinkWarning
+from tracking.core.errors import MLflowSinkWarning
 
 # Given as a class: built in the agent process (it imports helpers.sinks as this process does).
 AGENT_SIDE_SINK = TalkativeSink
@@ -201,9 +201,9 @@ def test_a_closed_link_leaves_no_thread_and_no_descriptor_behind(make_tracker, a
 def test_a_run_started_while_the_agent_restarts_is_opened_once_and_delivered(make_tracker, caplog, monkeypatch):
     """The link says everything again to a new agent: a run opened meanwhile must not be said twice
     (a second service of one run gives up on the sink locks the first one holds)."""
-    from tracking.agent import link as link_module
+    from tracking.recorder import restarts
 
-    monkeypatch.setattr(link_module, "_RESTART_BACKOFF_S", 1.0)  # a window the run surely starts in
+    monkeypatch.setattr(restarts, "BACKOFF_S", 1.0)  # a window the run surely starts in
     tracker = make_tracker(["json", "tensorboard"])
     tracker.start_run()
     _log_steps(tracker, 0, 10)

@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 from tracking import RetryPolicy
-from tracking.rundir import read_meta
+from tracking.journal.rundir import read_meta
 from tracking.sinks.mlflow import MLflowSink
 
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -18,8 +18,8 @@ mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from mlflow_server import free_port  # noqa: E402
-from tracking.events import ARTIFACT, EXPERIMENT, FIGURE, METRICS, PARAMS, TAG  # noqa: E402
-from tracking.rundir import read_meta  # noqa: E402
+from tracking.journal.events import ARTIFACT, EXPERIMENT, FIGURE, METRICS, PARAMS, TAG  # noqa: E402
+from tracking.journal.rundir import read_meta  # noqa: E402
 from tracking.sinks.base import PermanentSinkError, Resume, RunContext  # noqa: E402
 from tracking.sinks.mlflow import (  # noqa: E402
     MAX_ENTITIES_PER_REQUEST,

@@ -13,7 +13,7 @@ import pytest
 
 from tracking import DualTracker, LocalTracker, MLflowTracker, create_tracker
 from tracking.journal import read_journal
-from tracking.rundir import read_meta
+from tracking.journal.rundir import read_meta
 
 from mlflow_server import free_port
 

@@ -1,10 +1,10 @@
-"""The event queue (tracking.queue): the full-queue policies, and control markers that no policy drops."""
+"""The event queue (tracking.recorder.queue): the full-queue policies, and control markers that no policy drops."""
 from __future__ import annotations
 
 import threading
 import time
 
-from tracking.queue import DROP, EventQueue
+from tracking.recorder.queue import DROP, EventQueue
 
 
 class Marker:

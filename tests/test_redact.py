@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from tracking.journal import read_journal
-from tracking.redact import redact_config
-from tracking.rundir import read_meta
+from tracking.core.redact import redact_config
+from tracking.journal.rundir import read_meta
 
 CONFIG = {"model": {"name": "mlp"}, "db": {"password": "hunter2", "host": "h"}, "API_KEY": "k-123",
           "training": {"lr": 0.1}}

@@ -1,4 +1,4 @@
-"""`python -m tracking replay` (tracking.agent.replay), run as a user would, in a subprocess: bounded
+"""`python -m tracking replay` (tracking.delivery.replay), run as a user would, in a subprocess: bounded
 memory however long the run, one-line errors, nothing marked delivered that was not."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from tracking.events import METRICS
+from tracking.journal.events import METRICS
 from tracking.journal import JournalWriter
-from tracking.rundir import base_meta, create_run_dir, write_meta
+from tracking.journal.rundir import base_meta, create_run_dir, write_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tracking.journal import JournalReader
-from tracking.rundir import read_meta
+from tracking.journal.rundir import read_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""The agent's run service (tracking.agent.service) against real sinks and a real agent process:
+"""The agent's run service (tracking.agent.run_service) against real sinks and a real agent process:
 flush answered while a slow sink is still behind, a second run beside one ending in the background,
 an agent killed while it finishes a run alone."""
 from __future__ import annotations

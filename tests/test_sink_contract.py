@@ -184,8 +184,8 @@ def test_a_resumed_sink_is_told_its_cursor_checkpoint_and_facts_and_gets_only_wh
     facts)` as the first one left them, and writes start right after the cursor (from the first
     event for a sink that rebuilds). Read back from the sink's own store: every step once (at least
     once for a sink with neither a checkpoint nor a rebuild)."""
-    from tracking.agent.cursors import DeliveryStore
-    from tracking.agent.engine import RetryPolicy, SinkSlot
+    from tracking.delivery.cursors import DeliveryStore
+    from tracking.delivery.engine import RetryPolicy, SinkSlot
     from tracking.journal import JournalReader, read_journal
     from tracking.sinks.base import Resume, RunContext
 

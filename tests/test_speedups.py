@@ -1,7 +1,7 @@
 """The C twins of the training process's hot paths (tracking/_speedups.c) against the Python they
-stand in for: the log calls' events (`tracking.events.metric_event` / `metrics_event`: the same
+stand in for: the log calls' events (`tracking.recorder.capture.metric_event` / `metrics_event`: the same
 events for plain calls, None, with nothing done, for every other call, which the Python path then
-checks and refuses), and the writer thread's `note_steps` (`tracking.steps`) and `all_finite`
+checks and refuses), and the writer thread's `note_steps` (`tracking.recorder.steps`) and `all_finite`
 (`tracking.journal.writer`)."""
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import pytest
 
 torch = pytest.importorskip("torch")  # the values a training loop logs; the minimum-versions run has none
 
-from tracking import events  # noqa: E402
-from tracking.events import MAX_STEP, SCALARS, metric_event, metrics_event  # noqa: E402
+from tracking.recorder import capture as events  # noqa: E402
+from tracking.recorder.capture import MAX_STEP, metric_event, metrics_event
+from tracking.journal.events import SCALARS  # noqa: E402
 
 try:
     from tracking import _speedups
@@ -162,7 +163,7 @@ def test_wrong_arity_is_a_type_error(capture):
         capture.scalars_event({})
 
 
-# -- the writer thread's two: note_steps (tracking.steps) and all_finite (tracking.journal.writer) --
+# -- the writer thread's two: note_steps (tracking.recorder.steps) and all_finite (tracking.journal.writer) --
 
 def _scalars(keys: tuple, step, values=(1.0,)) -> tuple:
     return (SCALARS, keys, tuple(values) * len(keys) if len(values) == 1 else tuple(values), step, 1.0)
@@ -171,7 +172,7 @@ def _scalars(keys: tuple, step, values=(1.0,)) -> tuple:
 def test_note_steps_keeps_the_highest_step_of_each_key_set_as_the_python_loop_does(capture):
     import random
 
-    from tracking.steps import StepResolver
+    from tracking.recorder.steps import StepResolver
 
     rng = random.Random(7)
     key_sets = [("a",), ("a", "b"), ("b", "c", "d"), ("z",)]
@@ -179,7 +180,7 @@ def test_note_steps_keeps_the_highest_step_of_each_key_set_as_the_python_loop_do
     seen: dict = {}
     assert capture.note_steps(list(batch), seen, 1024) is True
     python = StepResolver()
-    import tracking.steps as steps
+    import tracking.recorder.steps as steps
 
     fast, steps.note_steps = steps.note_steps, lambda *_: False  # the Python loop alone
     try:
@@ -200,7 +201,7 @@ def test_note_steps_leaves_any_other_batch_to_the_python_loop(capture, odd):
 
 
 def test_note_steps_stops_before_seen_grows_past_its_limit_and_the_python_loop_folds(capture):
-    from tracking.steps import StepResolver
+    from tracking.recorder.steps import StepResolver
 
     resolver = StepResolver()
     batch = [_scalars((f"k{i}",), i) for i in range(StepResolver._MAX_SEEN + 5)]

@@ -1,10 +1,10 @@
-"""Step resolution (tracking.steps): what `step=None` becomes, as every reader of the journal sees it."""
+"""Step resolution (tracking.recorder.steps): what `step=None` becomes, as every reader of the journal sees it."""
 from __future__ import annotations
 
 import random
 
-from tracking.events import METRICS
-from tracking.steps import StepResolver
+from tracking.journal.events import METRICS
+from tracking.recorder.steps import StepResolver
 
 
 def test_step_resolution_matches_a_per_key_reference():

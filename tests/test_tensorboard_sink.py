@@ -23,7 +23,7 @@ from tensorboard.backend.event_processing import event_accumulator, event_file_l
 from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
 from tensorboard.util import tensor_util
 
-from tracking.events import ARTIFACT, EXPERIMENT, FIGURE, METRICS, PARAMS, TAG
+from tracking.journal.events import ARTIFACT, EXPERIMENT, FIGURE, METRICS, PARAMS, TAG
 from tracking.sinks import resolve_sink
 from tracking.sinks.base import PermanentSinkError, RunContext, Sink
 from tracking.sinks.tensorboard import TensorBoardSink, event_file, records

@@ -8,7 +8,7 @@ import threading
 
 from tracking import Tracker
 from tracking.journal import read_journal
-from tracking.rundir import read_meta
+from tracking.journal.rundir import read_meta
 
 
 def _left_behind(before: set[threading.Thread]) -> list[threading.Thread]:

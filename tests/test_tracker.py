@@ -15,7 +15,7 @@ import pytest
 from tracking import NoActiveRunError, RunAlreadyActiveError, RunEndedError, Tracker
 from tracking.sinks.json_sink import JsonSink
 from tracking.journal import read_journal
-from tracking.rundir import read_meta
+from tracking.journal.rundir import read_meta
 
 from helpers.extras import needs
 from helpers.sinks import FailingOpenSink, FailingSink, GateSink, RecordingSink

@@ -1,4 +1,4 @@
-"""log_model and get_run_id (tracking.models, Tracker.log_model): real MLflow stores, real processes."""
+"""log_model and get_run_id (tracking.recorder.models, Tracker.log_model): real MLflow stores, real processes."""
 from __future__ import annotations
 
 import json
@@ -18,8 +18,8 @@ from mlflow.tracking import MlflowClient
 
 from helpers.nets import Net, train_a_step
 from tracking import DualTracker, LocalTracker, MLflowTracker, ModelInfo
-from tracking.errors import InvalidModelError, InvalidNameError, RunIdPendingError
-from tracking.events import MODEL, Model
+from tracking.core.errors import InvalidModelError, InvalidNameError, RunIdPendingError
+from tracking.journal.events import MODEL, Model
 from tracking.journal import JournalReader
 from tracking.sinks import RunContext
 from tracking.sinks.mlflow import MLflowSink

@@ -11,12 +11,12 @@ import sys as _sys
 if _os.name != "posix":  # fcntl locks, fork hooks, pidfds: say so, not "No module named 'fcntl'"
     raise ImportError(f"batteryml-tracking runs on POSIX systems (Linux), not on {_sys.platform}")
 
-from .errors import *  # noqa: F401,F403 - the exceptions are part of the public API
-from .errors import __all__ as _errors_all
-from .agent.engine import RetryPolicy
+from .core.errors import *  # noqa: F401,F403 - the exceptions are part of the public API
+from .core.errors import __all__ as _errors_all
+from .delivery.engine import RetryPolicy
 from .sinks import PermanentSinkError, Resume, RunContext, Sink
-from .models import ModelInfo
-from .stats import RunReport, TrackerStats
+from .recorder.models import ModelInfo
+from .recorder.stats import RunReport, TrackerStats
 from .tracker import RunState, Tracker
 from .local import LocalTracker
 from .mlflow_tracker import MLflowTracker

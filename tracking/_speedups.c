@@ -6,7 +6,7 @@
  * calls whose checks are type tests: a plain ASCII key (or a key set `events._KNOWN_KEYS` holds),
  * no step or an int step in [0, MAX_STEP], float values, or a torch tensor on the CPU whose item()
  * is a float or an int (read now, as the Python path reads it). For every other call they return
- * None with nothing done, and the Python path in `tracking.events` (`metric_event`,
+ * None with nothing done, and the Python path in `tracking.recorder.capture` (`metric_event`,
  * `metrics_event`) checks, coerces and raises as it always has: there is one place that words
  * the errors.
  *
@@ -317,7 +317,7 @@ static PyObject *all_finite(PyObject *self, PyObject *const *args, Py_ssize_t na
     Py_RETURN_TRUE;
 }
 
-/* configure(SCALARS, known_keys): called once by tracking.events at import */
+/* configure(SCALARS, known_keys): called once by tracking.recorder.capture at import */
 static PyObject *configure(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2 || !PyUnicode_CheckExact(args[0]) || !PySet_CheckExact(args[1])) {
         PyErr_SetString(PyExc_TypeError, "configure(SCALARS: str, known_keys: set)");

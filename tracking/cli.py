@@ -14,12 +14,12 @@ from typing import Any, Sequence
 
 import orjson
 
-from .agent.cursors import DeliveryStore, nobody_delivers
-from .agent.engine import replay_command
-from .agent.replay import DEFAULT_REPLAY_TIMEOUT_S, replay
-from .errors import ReplayError
+from .delivery.cursors import DeliveryStore, nobody_delivers
+from .delivery.engine import replay_command
+from .delivery.replay import DEFAULT_REPLAY_TIMEOUT_S, replay
+from .core.errors import ReplayError
 from .journal import JournalReader
-from .rundir import META_FILE, read_meta
+from .journal.rundir import META_FILE, read_meta
 from .sinks import available_sinks
 
 __all__ = ["main", "replay"]
@@ -149,7 +149,7 @@ def _show(run: str, base_dir: Path, as_json: bool) -> int:
 def _replay(run_dir: str, sinks: Sequence[str], tracking_uri: str | None, timeout_s: float) -> int:
     _log_to_stderr()
     # The engine's own account of failing calls is summed up by the one line below (or ReplayError's).
-    logging.getLogger("tracking.agent.engine").setLevel(logging.CRITICAL)
+    logging.getLogger("tracking.delivery.engine").setLevel(logging.CRITICAL)
     for name in sinks:
         try:
             result = replay(run_dir, name, tracking_uri, timeout_s=timeout_s)

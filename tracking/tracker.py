@@ -3,7 +3,7 @@
 Log calls run on the caller's thread (any thread; several at once): they validate their arguments,
 capture the value as it is now, and append one event to the queue (async mode) or hand it to the
 journal and the sinks inline (sync mode). Lifecycle calls (`start_run`, `flush`, `end_run`) also
-run on the caller's thread; they drive the active run's parts (`tracking.active_run`).
+run on the caller's thread; they drive the active run's parts (`tracking.recorder.run`).
 
 The hot path is kept flat on purpose: `log_metric` is a few type checks, three tuples and
 `deque.append`. Journaling happens on the writer thread; everything else (sinks, encoding,
@@ -25,7 +25,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-# A delivery thread (tracking.agent.link) runs anyio on asyncio, imported there lazily; asyncio is
+# A delivery thread (tracking.recorder.link) runs anyio on asyncio, imported there lazily; asyncio is
 # imported here, on the importing thread, so that a fork() while that thread still imports it can't
 # leave the child with a half-imported module (seen: "partially initialized module 'asyncio'").
 # anyio's own asyncio backend is still imported on that thread (anyio has no public way to import
@@ -34,48 +34,30 @@ import asyncio  # noqa: F401
 
 import anyio
 
-from . import lifecycle
-from .active_run import AsyncRun, RunSettings, SyncRun
-from .agent.cursors import DeliveryStore
-from .agent.engine import RetryPolicy
-from .agent.link import PROCESS, THREAD, AgentLink
+from .recorder import lifecycle
+from .recorder.run import AsyncRun, RunSettings, SyncRun
+from .delivery.cursors import DeliveryStore
+from .delivery.engine import RetryPolicy
+from .recorder.link import PROCESS, THREAD, AgentLink
 from .agent.protocol import AgentOptions
-from .agent.specs import SinkSpec, plan_sink
-from .errors import (
-    ArtifactNotFoundError,
-    InvalidKeyError,
-    InvalidNameError,
-    InvalidParamError,
-    NoActiveRunError,
-    RunAlreadyActiveError,
-    RunEndedError,
-    RunIdPendingError,
+from .delivery.specs import SinkSpec, plan_sink
+from .core.errors import (
+    ArtifactNotFoundError, InvalidKeyError, InvalidNameError, InvalidParamError, NoActiveRunError,
+    RunAlreadyActiveError, RunEndedError, RunIdPendingError,
 )
-from .events import (
-    ARTIFACT,
-    EXPERIMENT,
-    FIGURE,
-    MODEL,
-    PARAMS,
-    PNG_SIGNATURE,
-    TAG,
-    check_key,
-    check_name,
-    check_text,
-    copy_params,
-    metric_event,
-    metrics_event,
-    scalar_event,
-    scalars_event,
+from .journal.events import ARTIFACT, EXPERIMENT, FIGURE, MODEL, PARAMS, PNG_SIGNATURE, TAG
+from .recorder.capture import check_key, copy_params, metric_event, metrics_event, scalar_event, scalars_event
+from .core.names import check_name, check_text
+from .recorder.models import (
+    ModelInfo, check_model, check_registered_model_name, model_folder_above, save_model_folder,
 )
-from .models import ModelInfo, check_model, check_registered_model_name, model_folder_above, save_model_folder
-from .queue import BLOCK, POLICIES
-from .redact import DEFAULT_SECRET_KEY_PATTERNS
-from .rundir import ARTIFACTS_DIR, base_meta, create_run_dir, finish_meta, new_run_id, write_meta
-from .run_journal import RunJournal
+from .recorder.queue import BLOCK, POLICIES
+from .core.redact import DEFAULT_SECRET_KEY_PATTERNS
+from .journal.rundir import ARTIFACTS_DIR, base_meta, create_run_dir, finish_meta, new_run_id, write_meta
+from .recorder.batch import RunJournal
 from .sinks import RunContext, Sink
-from .snapshot import snapshot_file
-from .stats import RunReport, TrackerStats
+from .recorder.snapshot import snapshot_file
+from .recorder.stats import RunReport, TrackerStats
 
 __all__ = ["Tracker", "RunState", "MODES", "STATUSES"]
 
@@ -333,7 +315,7 @@ class Tracker:
                 link.close(timeout_s=max(deadline - time.monotonic(), 0.0))
 
     def _end_from_hook(self, status: str, timeout_s: float) -> None:
-        """Called by the atexit hook and signal handlers (tracking.lifecycle): the process is going.
+        """Called by the atexit hook and signal handlers (tracking.recorder.lifecycle): the process is going.
 
         Up to `timeout_s` is waited for the sinks; what an agent process has not delivered by then
         it delivers on its own (the run ends in the background), rather than being cut off.
@@ -460,7 +442,7 @@ class Tracker:
                   input_example: Any = None) -> ModelInfo | None:
         """Keep `model` as it is now (an MLflow Model under the run's `artifacts/`) and send it to MLflow.
 
-        The model is saved here, on the caller's thread (`tracking.models`): training it further
+        The model is saved here, on the caller's thread (`tracking.recorder.models`): training it further
         after the call does not change what was logged. The MLflow sink delivers the folder as the
         MLflow run's artifacts at `artifact_path` and, with `registered_model_name`, creates a new
         version of that registered model. `input_example` (a tensor or array the model takes)

@@ -12,7 +12,7 @@ import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 
 from tracking.integrations.accelerate import AccelerateTracker  # noqa: E402
-from tracking.rundir import read_meta  # noqa: E402
+from tracking.journal.rundir import read_meta  # noqa: E402
 
 
 def test_init_log_and_end_training_record_every_value(tmp_path):

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from tracking import LocalTracker  # noqa: E402
 from tracking.integrations.lightning import TrackingLogger  # noqa: E402
-from tracking.rundir import read_meta  # noqa: E402
+from tracking.journal.rundir import read_meta  # noqa: E402
 
 
 class TinyModel(LightningModule):

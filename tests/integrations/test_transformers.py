@@ -16,7 +16,7 @@ pytest.importorskip("transformers")
 from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
 from tracking.integrations.transformers import TrackingCallback  # noqa: E402
-from tracking.rundir import read_meta  # noqa: E402
+from tracking.journal.rundir import read_meta  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 

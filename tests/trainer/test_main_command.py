@@ -13,7 +13,7 @@ import pytest
 
 from tracking import create_tracker
 from tracking.journal import read_journal
-from tracking.rundir import read_meta
+from tracking.journal.rundir import read_meta
 from trainer import Trainer, build_model
 from trainer.demo import build_demo_data, default_config
 

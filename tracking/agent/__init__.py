@@ -16,6 +16,6 @@ replay` (`replay`). Modules:
 """
 from __future__ import annotations
 
-from .engine import Outcome, RetryPolicy, SinkSlot, SlotState
+from ..delivery.engine import Outcome, RetryPolicy, SinkSlot, SlotState
 
 __all__ = ["Outcome", "RetryPolicy", "SinkSlot", "SlotState"]

@@ -1,7 +1,7 @@
 """The delivery agent process: `main(["--fd", N, "--wake-fd", M, "--parent-pid", P])`.
 
 Runs on the main thread of its own process, started by the training process's `AgentLink` in a new
-session (through `tracking.spawn`, or by hand as ``python -m tracking.agent``), so that the
+session (through `tracking.core.spawn`, or by hand as ``python -m tracking.agent``), so that the
 terminal's Ctrl-C and a SIGTERM to the training job's process group do not reach it: it ends
 through its control channel (fd N), or when the training process (P) is gone, after it has
 delivered what was journaled. Its log records and warnings go back over the channel while the
@@ -21,7 +21,8 @@ from typing import Sequence
 
 import anyio
 
-from .service import Agent, ChannelLogHandler
+from .agent import Agent
+from .logs import ChannelLogHandler, WarningForwarder
 
 __all__ = ["main"]
 
@@ -66,7 +67,7 @@ def _forward_logs(agent: Agent) -> None:
         warnings.simplefilter("always")
         for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
             warnings.filterwarnings("ignore", category=category)
-    warnings.showwarning = agent.forward_warning
+    warnings.showwarning = WarningForwarder(agent)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The messages between a training process and its delivery agent, over the agent's control channel.
 
 Built on whichever thread sends them (the tracker's caller threads, the link's reader thread, the
-agent's event loop) and pickled by `tracking.channel`. Plain frozen dataclasses: the channel carries
+agent's event loop) and pickled by `tracking.core.channel`. Plain frozen dataclasses: the channel carries
 only these, so what the two sides say to each other is all here.
 
 Besides the channel, the agent has a wake pipe: the writer thread writes a byte to it after each
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..sinks.base import RunContext
-from .engine import RetryPolicy
-from .specs import SinkSpec
+from ..delivery.engine import RetryPolicy
+from ..delivery.specs import SinkSpec
 
 __all__ = [
     "AgentOptions", "Configure", "OpenRun", "Flush", "EndRun", "Shutdown",

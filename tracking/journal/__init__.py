@@ -13,7 +13,7 @@ Events are numbered from 1 in the order they were logged (their *seq*); the writ
 them, when a batch line is written whole. A batch line's first bytes say which seqs it holds, so a
 reader finds its place without decoding lines (journals written before the count was added, as
 `["batch", first_seq, [...]]`, are read too). Each event is its tuple as a JSON array (layouts in
-`tracking.events`): metrics as `["scalars", [keys], [values], step, time]` (journals of earlier
+`tracking.journal.events`): metrics as `["scalars", [keys], [values], step, time]` (journals of earlier
 versions hold `["metrics", {key: value}, step, time]`, read too). A line per batch rather than per event: one `orjson` call per batch costs
 ~0.15 µs an event, one per event ~0.4 µs, and that CPU is the training process's. Non-finite metric
 values are written as the strings "NaN", "Infinity" and "-Infinity" (JSON has no literal for them);
@@ -25,7 +25,7 @@ skipped with a warning and counted, never raised.
 """
 from __future__ import annotations
 
-from ..rundir import JOURNAL_FILE
+from .rundir import JOURNAL_FILE
 from .reader import JournalReader, read_journal
 from .writer import JournalWriter
 

@@ -23,9 +23,10 @@ from typing import Any, Iterator
 
 import orjson
 
-from ..errors import InvalidNameError
-from ..events import ARTIFACT, EVENT_TYPES, FIGURE, KINDS, METRICS, MODEL, SCALARS, Metrics, SinkEvent, check_name
-from ..rundir import JOURNAL_FILE
+from ..core.errors import InvalidNameError
+from .events import ARTIFACT, EVENT_TYPES, FIGURE, KINDS, METRICS, MODEL, SCALARS, Metrics, SinkEvent
+from ..core.names import check_name
+from .rundir import JOURNAL_FILE
 
 __all__ = ["JournalReader", "JournalContents", "read_journal", "DEFAULT_CHUNK_EVENTS"]
 

@@ -1,6 +1,6 @@
 """`JournalWriter`: appends a run's batches to `journal.jsonl`; the one owner of seq numbers.
 
-Runs on the training process's writer thread (`tracking.writer`), or on the caller's thread in sync
+Runs on the training process's writer thread (`tracking.recorder.writer_thread`), or on the caller's thread in sync
 mode: one writer per run, never two threads at once.
 
 A batch gets its seq numbers only once its line is in the file whole. A write the disk refuses
@@ -19,8 +19,8 @@ from typing import Any, Sequence
 
 import orjson
 
-from ..events import ARTIFACT, FIGURE, METRICS, MODEL, SCALARS, is_finite_all
-from ..rundir import JOURNAL_FILE, json_default
+from .events import ARTIFACT, FIGURE, METRICS, MODEL, SCALARS, is_finite_all
+from .rundir import JOURNAL_FILE, json_default
 
 try:  # C (tracking/_speedups.c): whether a batch of metrics holds no NaN or inf, without a search
     from .._speedups import all_finite

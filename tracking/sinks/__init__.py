@@ -1,4 +1,5 @@
-"""Sinks: where events go. One module per sink; the contract is in `tracking.sinks.base`.
+"""Sinks: where events go. One module per sink; the contract is in `tracking.sinks.base`, and the
+events a sink receives (`Metrics`, `Params`, ... and their kinds) are importable from here.
 
 `resolve_sink` runs on the caller's thread when a tracker is built.
 """
@@ -9,11 +10,16 @@ import re
 from importlib.metadata import entry_points
 from typing import Any
 
-from ..errors import UnknownSinkError
+from ..core.errors import UnknownSinkError
+from ..journal.events import (
+    ARTIFACT, EXPERIMENT, FIGURE, KINDS, METRICS, MODEL, PARAMS, TAG, Artifact, Experiment, Figure, Metrics, Model,
+    Params, SinkEvent, Tag,
+)
 from .base import PermanentSinkError, Resume, RunContext, Sink
 
 __all__ = ["Sink", "RunContext", "Resume", "PermanentSinkError", "resolve_sink", "load_sink_class", "available_sinks",
-           "ENTRY_POINT_GROUP"]
+           "ENTRY_POINT_GROUP", "SinkEvent", "Metrics", "Params", "Tag", "Artifact", "Figure", "Experiment", "Model",
+           "KINDS", "METRICS", "PARAMS", "TAG", "ARTIFACT", "FIGURE", "EXPERIMENT", "MODEL"]
 
 ENTRY_POINT_GROUP = "tracking.sinks"
 _SINK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}")

@@ -23,7 +23,7 @@ A sink is any object with these four methods (`Sink` below). For each run it see
    ``rebuild_on_resume = True`` gets ``committed_seq == 0`` and ``checkpoint is None``: every event
    again, from the first.
 2. ``write(events)`` any number of times, with the run's events in the order they were logged, each
-   event exactly once while calls succeed. Events are typed tuples (`tracking.events`: `Metrics`,
+   event exactly once while calls succeed. Events are typed tuples (`tracking.sinks` has them: `Metrics`,
    `Params`, `Tag`, `Artifact`, `Figure`, `Experiment`, `Model`; ``event[0]`` is the kind; a sink
    ignores the kinds it has no use for): metric steps are resolved ints and values floats (NaN and
    ±inf included); artifact and figure events carry the path of a file, model events the path of a
@@ -69,9 +69,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
-from ..errors import PermanentSinkError  # defined with the other exceptions; sinks import it from here
-from ..events import SinkEvent
-from ..redact import DEFAULT_SECRET_KEY_PATTERNS
+from ..core.errors import PermanentSinkError  # defined with the other exceptions; sinks import it from here
+from ..journal.events import SinkEvent
+from ..core.redact import DEFAULT_SECRET_KEY_PATTERNS
 
 __all__ = ["Sink", "RunContext", "Resume", "PermanentSinkError"]
 
@@ -104,7 +104,7 @@ class RunContext:
     #: where an earlier delivery of this run to the sink stands (a new agent, replay); None: fresh
     resume: Resume | None = None
     #: config/param/tag keys whose values a sink must mask before they leave the machine
-    #: (`tracking.redact.redact_config`); local files keep them
+    #: (`tracking.core.redact.redact_config`); local files keep them
     secret_key_patterns: tuple[str, ...] = DEFAULT_SECRET_KEY_PATTERNS
 
 

@@ -13,7 +13,7 @@ Runs in the delivery agent (or on the caller's thread in sync mode), as every si
   (`.step_metrics.spill`), and the CSV is merged from the spilled runs at the end, so a run of
   millions of steps holds a bounded number of rows in memory.
 
-The journal, artifacts and figures are written by the core (`tracking.rundir`), not here.
+The journal, artifacts and figures are written by the core (`tracking.journal.rundir`), not here.
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from ..events import METRICS, PARAMS, is_finite_all
-from ..rundir import dumps, write_json_atomic
+from ..journal.events import METRICS, PARAMS, is_finite_all
+from ..journal.rundir import dumps, write_json_atomic
 from .base import RunContext
 
 __all__ = ["JsonSink"]

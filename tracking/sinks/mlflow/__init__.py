@@ -9,14 +9,14 @@ Imported on whichever thread builds a sink; each module says which thread or pro
 - `store`: the MLflow calls, the only module that imports mlflow (wherever MLflow runs);
 - `uri`: what a tracking URI means here, with credentials redacted (the caller's thread).
 
-The socket framing between the sink and its helper is `tracking.channel`; the exceptions are in
+The socket framing between the sink and its helper is `tracking.core.channel`; the exceptions are in
 `tracking.errors`.
 """
 from __future__ import annotations
 
 import logging
 
-from ...errors import MLflowSinkError, MLflowSinkWarning
+from ...core.errors import MLflowSinkError, MLflowSinkWarning
 from .encode import (
     FIGURES_ARTIFACT_DIR,
     MAX_ENTITIES_PER_REQUEST,

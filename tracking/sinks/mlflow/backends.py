@@ -3,7 +3,7 @@
 Runs on the sink's thread (in the delivery agent, or the caller's in sync mode), one call at a time (the
 sink's lock). `_InlineBackend` runs the store right there; `_HelperBackend` starts the helper
 process (`helper`) and exchanges one request and its answer at a time with it over a socket pair
-(`tracking.channel`). Either raises `MLflowSinkError`, credentials redacted, for a failed call.
+(`tracking.core.channel`). Either raises `MLflowSinkError`, credentials redacted, for a failed call.
 
 Why a helper process: MLflow's sqlite store spends ~130-200 µs of pure Python per metric point
 (SQLAlchemy), holding the GIL on whichever thread calls it. Measured on 2 cores with a small torch
@@ -11,7 +11,7 @@ MLP (2 layers, batch 64, 1 torch thread, ~0.3 ms/step): while the sink wrote to 
 on a thread, training steps took 3.5-9x as long (median 5.6x); at 1,000 metrics/s, ~10% longer.
 With the store in the helper, steps took as long as without logging (1.00x median). Against a server
 the REST client mostly waits on the socket, and helper and thread measured alike, so servers stay on
-the sink's thread by default. The helper is started by `tracking.spawn` running `helper.main` in a
+the sink's thread by default. The helper is started by `tracking.core.spawn` running `helper.main` in a
 fresh interpreter (what multiprocessing's "spawn" does, minus re-running the user's ``__main__``,
 which spawn does in every script that lacks an ``if __name__ == "__main__"`` guard), and fed
 pickled plain tuples over a socket pair.
@@ -23,9 +23,9 @@ import socket
 import subprocess
 from typing import Any, Mapping
 
-from ...channel import recv_msg, send_msg
-from ...errors import MLflowSinkError
-from ...spawn import SpawnError, reap, start_process
+from ...core.channel import recv_msg, send_msg
+from ...core.errors import MLflowSinkError
+from ...core.spawn import SpawnError, reap, start_process
 from . import helper as _helper
 from .store import _describe_error, _Store
 from .uri import ResolvedUri, redact_text

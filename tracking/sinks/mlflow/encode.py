@@ -27,8 +27,8 @@ import os
 import re
 from typing import Any, Mapping, Sequence
 
-from ...events import ARTIFACT, EXPERIMENT, FIGURE, METRICS, MODEL, PARAMS, TAG
-from ...redact import DEFAULT_SECRET_KEY_PATTERNS, MASK, flatten_config, is_secret_key, redact_config
+from ...journal.events import ARTIFACT, EXPERIMENT, FIGURE, METRICS, MODEL, PARAMS, TAG
+from ...core.redact import DEFAULT_SECRET_KEY_PATTERNS, MASK, flatten_config, is_secret_key, redact_config
 
 __all__ = [
     "MAX_METRICS_PER_REQUEST",

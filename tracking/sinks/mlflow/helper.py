@@ -1,7 +1,7 @@
 """The MLflow helper process: answers the sink's calls with a `store._Store` until told to stop.
 
 Runs in the helper process only, on its main thread: a fresh interpreter that
-`backends._HelperBackend` starts (`tracking.spawn`), which calls `main` with its end of a socket
+`backends._HelperBackend` starts (`tracking.core.spawn`), which calls `main` with its end of a socket
 pair (see `backends` for why MLflow runs there). The training process imports this module
 (to name it) but never runs it.
 """
@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 
-from ...channel import recv_msg, send_msg
+from ...core.channel import recv_msg, send_msg
 from .store import _describe_error, _Store
 
 # The entry point `backends._HelperBackend` starts; nothing else calls it.

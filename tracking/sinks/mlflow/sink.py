@@ -41,7 +41,7 @@ import time
 import warnings
 from typing import Any, Mapping, Sequence
 
-from ...errors import MLflowSinkError, MLflowSinkWarning, PermanentSinkError
+from ...core.errors import MLflowSinkError, MLflowSinkWarning, PermanentSinkError
 from ..base import RunContext
 from .backends import _HelperBackend, _InlineBackend
 from .encode import TAG_RUN_DIR, TAG_RUN_ID, _Encoder, _Plan

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
-from ...redact import MASK
+from ...core.redact import MASK
 
 __all__ = [
     "ResolvedUri",

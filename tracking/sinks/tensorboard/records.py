@@ -19,9 +19,9 @@ from typing import Any, Iterator, Mapping
 from crc32c import crc32c as _crc32c
 from tensorboardX.proto import event_pb2, summary_pb2, types_pb2
 
-from ...errors import PermanentSinkError
-from ...events import PNG_SIGNATURE
-from ...redact import flatten_config
+from ...core.errors import PermanentSinkError
+from ...journal.events import PNG_SIGNATURE
+from ...core.redact import flatten_config
 
 __all__ = ["CONFIG_TAG"]
 

@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ...errors import PermanentSinkError
-from ...events import FIGURE, METRICS, PARAMS, TAG
-from ...redact import MASK, is_secret_key, redact_config
+from ...core.errors import PermanentSinkError
+from ...journal.events import FIGURE, METRICS, PARAMS, TAG
+from ...core.redact import MASK, is_secret_key, redact_config
 from ..base import RunContext
 from .event_file import _EventFile
 

@@ -8,7 +8,7 @@ does for a logged event: no sink code, no per-sink state, no encoding for a sink
 Callers touch it only through `request_flush`, `request_stop` (control markers in the same queue,
 which the drop policy never drops) and read-only attributes. The thread is a daemon so that a
 process whose main thread ends without `end_run()` still exits: the atexit hook
-(`tracking.lifecycle`) stops it within a deadline first.
+(`tracking.recorder.lifecycle`) stops it within a deadline first.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import time
 from typing import Callable, Sequence
 
 from .queue import EventQueue, event_bytes
-from .run_journal import RunJournal
+from .batch import RunJournal
 from .threads import TrackerThread
 
 __all__ = ["WriterThread", "FlushMarker", "StopMarker"]

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from typing import Callable
 
-from .errors import QueueClosedError
+from ..core.errors import QueueClosedError
 
 __all__ = ["EventQueue", "BLOCK", "DROP", "POLICIES", "INITIAL_EVENT_BYTES", "event_bytes"]
 

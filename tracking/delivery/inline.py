@@ -12,16 +12,27 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Sequence
+from typing import Any, Protocol, Sequence
 
-from ..events import sink_event
+from ..journal.events import sink_event
 from ..journal import JournalReader
-from ..run_journal import RunJournal
 from ..sinks.base import RunContext, Sink
 from .cursors import DeliveryStore
 from .engine import Outcome, RetryPolicy, SinkSlot
 
-__all__ = ["InlineDelivery"]
+__all__ = ["InlineDelivery", "Journal"]
+
+
+class Journal(Protocol):
+    """What sync mode needs of its run's journal (the recorder's `RunJournal`): record a batch in
+    order (None while the disk holds it back), and end it."""
+
+    held: int  #: events waiting for the disk to take them
+    last_seq: int
+
+    def record(self, events: Sequence[tuple]) -> tuple[int, list[Any]] | None: ...
+
+    def close(self, status: str) -> None: ...
 
 
 class InlineDelivery:
@@ -29,7 +40,7 @@ class InlineDelivery:
 
     def __init__(
         self,
-        run_journal: RunJournal,
+        run_journal: Journal,
         sinks: Sequence[tuple[Sink, threading.Lock]],
         run: RunContext,
         retry: RetryPolicy,

@@ -1,7 +1,7 @@
 """`RunJournal`: turns drained events into journal entries, and holds what the disk refused.
 
 Runs where a run's events are put in order: the training process's writer thread in async mode
-(`tracking.writer`), the caller's thread in sync mode. One per run; not shared between threads.
+(`tracking.recorder.writer_thread`), the caller's thread in sync mode. One per run; not shared between threads.
 
 For each batch it reads CUDA snapshots, gives `step=None` its value, writes figure PNGs to
 `figures/`, keeps the run's tags, and appends the batch to the journal. Nothing else: no sink code,
@@ -17,9 +17,11 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from .events import ARTIFACT, FIGURE, METRICS_DEFERRED, MODEL, SCALARS, TAG, DeviceScalar
-from .journal import JournalWriter
-from .rundir import FIGURES_DIR
+from ..journal.events import ARTIFACT, FIGURE, MODEL, SCALARS, TAG
+from .capture import METRICS_DEFERRED
+from .device import DeviceScalar
+from ..journal import JournalWriter
+from ..journal.rundir import FIGURES_DIR
 from .steps import StepResolver
 
 __all__ = ["RunJournal"]

@@ -12,7 +12,7 @@ is waited for by the I/O thread, which also reaps a dead agent, backs off and st
 So a caller's deadline (`flush`, `end_run`) holds while the agent is dead, restarting or hung.
 
 The agent process is started in a new session (the terminal's Ctrl-C and a SIGTERM to the job's
-process group don't reach it; `tracking.spawn` says how it finds this package) and is not waited
+process group don't reach it; `tracking.core.spawn` says how it finds this package) and is not waited
 for: `start_run` returns while it imports its sinks. Where no process can be started, the same
 agent loop runs on a thread of this process, with one warning. Sinks that can't leave this
 process are served by a second link of kind "thread".
@@ -25,41 +25,32 @@ import logging
 import os
 import selectors
 import socket
-import subprocess
 import threading
 import time
 import weakref
-from dataclasses import dataclass
 from typing import Any, Sequence
 
-import anyio
-
-from ..channel import FrameReader, frame
-from ..sinks.base import RunContext, Sink
-from ..spawn import SpawnError, reap, start_process
-from ..threads import TrackerThread
-from .protocol import (
+from ..agent.protocol import (
     AgentOptions, AgentWarning, Configure, Configured, Ended, EndRun, Flush, Flushed, LogRecord, OpenRun,
     Progress, Shutdown,
 )
-from .service import Agent
-from .specs import SinkSpec
+from ..core.channel import FrameReader, frame
+from ..core.spawn import SpawnError, reap
+from ..delivery.specs import SinkSpec
+from ..sinks.base import RunContext, Sink
+from .agent_start import Connection, start_agent_process, start_agent_thread
+from .restarts import PROCESS, THREAD, RestartPolicy
+from .threads import TrackerThread
 
 __all__ = ["AgentLink", "LinkState", "Waiter", "PROCESS", "THREAD"]
 
 _logger = logging.getLogger(__name__)
 
-PROCESS = "process"
-THREAD = "thread"
-#: restarts of a process agent after which the link falls back to a thread (one warning)
-_MAX_RESTARTS = 5
 #: how long close() waits for the link's threads; how long a dead agent's process is waited for
 #: before it is terminated (and waited for again), then killed (and again)
 _CLOSE_TIMEOUT_S = 5.0
 #: how long an agent may leave a message unread before it is taken for hung and killed
 _SEND_TIMEOUT_S = 10.0
-#: the back-off before restart number n is n times this (at most 10 times)
-_RESTART_BACKOFF_S = 0.05
 _RECV_BYTES = 1 << 20
 _END = object()
 
@@ -93,17 +84,6 @@ class Waiter:
         return self.answer
 
 
-@dataclass
-class _Connection:
-    """One agent and the two ways to it: its control channel (ours: non-blocking) and its wake pipe."""
-
-    sock: socket.socket
-    wake_fd: int
-    pid: int
-    proc: subprocess.Popen | None = None  #: a process agent
-    thread: threading.Thread | None = None  #: a thread agent
-
-
 class AgentLink:
     """One agent serving `specs`; restarted when it dies, for as long as the link has runs to serve."""
 
@@ -111,12 +91,11 @@ class AgentLink:
                  objects: dict[str, Sink] | None = None) -> None:
         if kind not in (PROCESS, THREAD):
             raise ValueError(f"agent kind must be {PROCESS!r} or {THREAD!r}, got {kind!r}")
-        self.kind = kind
+        self._policy = RestartPolicy(kind)
         self.specs = tuple(specs)
         self.options = options
         self.pid: int | None = None  #: the agent process's pid (this process's for a thread)
         self.config_errors: dict[str, str] = {}
-        self.restarts = 0
         self.state = LinkState.IDLE
         self._objects = objects or {}
         # Guards the bookkeeping below (state, outbox, what a restarted agent must be told) between
@@ -128,7 +107,7 @@ class AgentLink:
         self._ends: dict[str, Waiter] = {}
         self._runs: dict[str, RunContext] = {}  # open or ending: re-opened on a restarted agent
         self._progress: dict[str, dict[str, dict[str, Any]]] = {}
-        self._conn: _Connection | None = None
+        self._conn: Connection | None = None
         self._io: TrackerThread | None = None
         self._owner_close: weakref.WeakMethod | None = None
         self._closing = threading.Event()  # cuts a restart's back-off short
@@ -137,6 +116,16 @@ class AgentLink:
         # Guards the wake pipe's descriptor: the writer thread writes to it (never waiting for this
         # lock), a restart closes and replaces it.
         self._wake_lock = threading.Lock()
+
+    @property
+    def kind(self) -> str:
+        """Where the agent runs now: PROCESS or THREAD (where no process could be started)."""
+        return self._policy.kind
+
+    @property
+    def restarts(self) -> int:
+        """How often the agent died and was started again."""
+        return self._policy.restarts
 
     # -- lifecycle (caller's thread) ---------------------------------------------------------------
 
@@ -308,7 +297,7 @@ class AgentLink:
         for fd in fds:
             os.close(fd)
 
-    def _pump(self, conn: _Connection) -> bool:
+    def _pump(self, conn: Connection) -> bool:
         """Send what is queued and hand over what arrives, until the link is closed and Shutdown is
         sent (True) or the agent's channel ends (False)."""
         reader = FrameReader()
@@ -347,7 +336,7 @@ class AgentLink:
             pass
         return True
 
-    def _read(self, conn: _Connection, reader: FrameReader) -> bool:
+    def _read(self, conn: Connection, reader: FrameReader) -> bool:
         """Take what the agent sent; False once its channel ended (or broke)."""
         try:
             data = conn.sock.recv(_RECV_BYTES)
@@ -374,7 +363,7 @@ class AgentLink:
             except Exception:  # a bug must not leave the link without its reader
                 _logger.exception("could not handle the delivery agent's %.100r", message)
 
-    def _write(self, conn: _Connection) -> bool:
+    def _write(self, conn: Connection) -> bool:
         """Send as much of the outbox as the channel takes now; True if any of it went."""
         with self._lock:  # a non-blocking send: the lock is not held across a wait
             try:
@@ -387,7 +376,7 @@ class AgentLink:
             del self._outbox[:sent]
         return sent > 0
 
-    def _hung(self, conn: _Connection) -> None:
+    def _hung(self, conn: Connection) -> None:
         """The agent took nothing for `_SEND_TIMEOUT_S`: a process is killed (a new one resumes from
         the cursors); a thread can't be, and is waited for."""
         if conn.proc is not None and conn.proc.poll() is None:
@@ -425,7 +414,7 @@ class AgentLink:
 
     # -- starting and restarting agents (the I/O thread, but for the first) ------------------------
 
-    def _restart(self, conn: _Connection) -> bool:
+    def _restart(self, conn: Connection) -> bool:
         """The agent's channel ended: start the next agent if there is still work for one."""
         with self._wake_lock:
             os.close(conn.wake_fd)
@@ -437,26 +426,16 @@ class AgentLink:
             # After close(), only runs still being ended need an agent (a background end).
             if self.state is LinkState.FORGOTTEN or (self.state is LinkState.CLOSED and not self._ends):
                 return False
-        self.restarts += 1
-        if self.restarts > 2 * _MAX_RESTARTS:
-            _logger.error("the delivery agent keeps dying; no more restarts. Undelivered events stay in the "
-                          "journal: replay them with python -m tracking replay")
+        restart = self._policy.after_death(conn.pid, code)
+        if restart is None:
             with self._lock:
                 self.state = LinkState.CLOSED
             return False
-        if self.kind == PROCESS and self.restarts > _MAX_RESTARTS:
-            _logger.warning("the delivery agent died %d times; delivering from a thread of this process from now on",
-                            self.restarts - 1)
-            self.kind = THREAD
-        else:
-            _logger.warning("the delivery agent (pid %s) exited (code %s); a new one takes over from the committed "
-                            "cursors", conn.pid, code)
-        # An agent that dies at once must not spin; close() cuts the wait short.
-        self._closing.wait(_RESTART_BACKOFF_S * min(self.restarts, 10))
+        self._closing.wait(restart.delay_s)  # close() cuts the back-off short
         self._install(self._spawn())
         return True
 
-    def _install(self, conn: _Connection) -> None:
+    def _install(self, conn: Connection) -> None:
         """Make `conn` the current agent and queue what it must be told, ahead of anything else."""
         with self._wake_lock:
             self._conn = conn
@@ -473,15 +452,13 @@ class AgentLink:
             self._outbox[:] = b"".join(frame(m) for m in messages)
             self._poke()
 
-    def _spawn(self) -> _Connection:
-        if self.kind == PROCESS:
+    def _spawn(self) -> Connection:
+        if self._policy.kind == PROCESS:
             try:
-                return self._start_process()
+                return start_agent_process()
             except SpawnError as exc:
-                _logger.warning("cannot start the delivery agent process (%s); delivering from a thread of this "
-                                "process instead", exc)
-                self.kind = THREAD
-        return self._start_thread()
+                self._policy.cannot_start(exc)
+        return start_agent_thread(self._objects, self._stop)
 
     def _portable_specs(self) -> tuple[SinkSpec, ...]:
         """The specs as the channel carries them: an instance stays here, named in its place (a
@@ -490,50 +467,6 @@ class AgentLink:
             return tuple(spec if spec.portable else SinkSpec(spec.name, "object", None) for spec in self.specs)
         return tuple(spec for spec in self.specs if spec.portable)
 
-    def _start_process(self) -> _Connection:
-        ours, theirs = socket.socketpair()
-        wake_read, wake_write = os.pipe()
-        os.set_blocking(wake_write, False)
-        try:
-            proc = start_process(
-                "tracking.agent.__main__",
-                ["--fd", str(theirs.fileno()), "--wake-fd", str(wake_read), "--parent-pid", str(os.getpid())],
-                pass_fds=(theirs.fileno(), wake_read), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                close_fds=True, start_new_session=True,
-            )
-        except SpawnError:
-            ours.close()
-            os.close(wake_write)
-            raise
-        finally:
-            theirs.close()
-            os.close(wake_read)
-        ours.setblocking(False)
-        return _Connection(ours, wake_write, proc.pid, proc=proc)
-
-    def _start_thread(self) -> _Connection:
-        ours, theirs = socket.socketpair()
-        wake_read, wake_write = os.pipe()
-        os.set_blocking(wake_write, False)
-        os.set_blocking(wake_read, False)
-        agent = Agent(theirs, wake_read, objects=self._objects, placement="thread")
-
-        def run() -> None:
-            try:
-                anyio.run(agent.serve)
-            except BaseException:
-                _logger.exception("the delivery thread crashed; undelivered events stay in the journal")
-            finally:
-                theirs.close()
-                os.close(wake_read)
-
-        # A daemon: the atexit hook ends runs (and waits for background ones) first; a stuck sink
-        # must not hold the interpreter past that.
-        thread = TrackerThread(run, "tracking-agent")
-        thread.stop_with(self._stop)
-        thread.start()
-        ours.setblocking(False)
-        return _Connection(ours, wake_write, os.getpid(), thread=thread)
 
 
 def _drain(fd: int) -> None:

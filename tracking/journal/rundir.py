@@ -14,7 +14,7 @@ Layout of `{base_dir}/{run_id}/`:
     artifacts/         snapshots taken by `log_artifact`
     figures/           PNGs from `log_figure`
     tensorboard/       written by the TensorBoard sink
-    delivery/          how far each sink has got, and who delivers to it (see `tracking.agent.cursors`)
+    delivery/          how far each sink has got, and who delivers to it (see `tracking.delivery.cursors`)
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from .events import check_name
+from ..core.names import check_name
 
 __all__ = ["new_run_id", "create_run_dir", "write_json_atomic", "write_meta", "read_meta", "finish_meta", "json_default", "dumps",
            "META_FILE", "JOURNAL_FILE", "ARTIFACTS_DIR", "FIGURES_DIR", "DELIVERY_DIR"]

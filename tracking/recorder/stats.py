@@ -1,7 +1,7 @@
 """What the tracker reports about itself: `stats()` while a run goes on, the `RunReport` at its end.
 
 Built on the caller's thread from what the writer thread counts and what the delivery agents last
-reported (each sink's report is a plain dict: see `tracking.agent.engine.SinkSlot.report`).
+reported (each sink's report is a plain dict: see `tracking.delivery.engine.SinkSlot.report`).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Built and driven on the caller's thread by `Tracker` (start_run, flush, end_run, stats); `emit`
 is the log calls' way in, on any thread. `AsyncRun` owns the writer thread and talks to the
-tracker's delivery agents (`tracking.agent.link`); `SyncRun` runs the same engine inline.
+tracker's delivery agents (`tracking.recorder.link`); `SyncRun` runs the same engine inline.
 """
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .agent.cursors import DeliveryStore
-from .agent.engine import RetryPolicy, replay_command
-from .agent.inline import InlineDelivery
-from .agent.link import AgentLink
-from .agent.protocol import EndRun
+from ..delivery.cursors import DeliveryStore
+from ..delivery.engine import RetryPolicy, replay_command
+from ..delivery.inline import InlineDelivery
+from .link import AgentLink
+from ..agent.protocol import EndRun
 from .queue import BLOCK, INITIAL_EVENT_BYTES
-from .rundir import finish_meta, read_meta, write_meta
-from .run_journal import RunJournal
-from .sinks.base import RunContext, Sink
+from ..journal.rundir import finish_meta, read_meta, write_meta
+from .batch import RunJournal
+from ..sinks.base import RunContext, Sink
 from .stats import RunReport, TrackerStats
 
 __all__ = ["AsyncRun", "SyncRun", "RunSettings"]
@@ -63,7 +63,7 @@ class AsyncRun:
                  owner_close: Callable[[], Any] | None = None) -> None:
         """`owner_close`: the tracker's close(), which a stop() on the writer thread calls (the
         thread keeps its tracker alive while the run is open, so the exit hook ends the run)."""
-        from .writer import WriterThread
+        from .writer_thread import WriterThread
 
         self.run, self.journal, self.links = run, run_journal, list(links)
         self.sink_names = list(sink_names)

@@ -27,8 +27,8 @@ from typing import Any
 
 import orjson
 
-from ..errors import SinkBusyError
-from ..rundir import DELIVERY_DIR, write_json_atomic
+from ..core.errors import SinkBusyError
+from ..journal.rundir import DELIVERY_DIR, write_json_atomic
 
 __all__ = ["DeliveryStore", "nobody_delivers"]
 

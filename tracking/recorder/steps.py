@@ -1,17 +1,17 @@
 """Step resolution: what `step=None` becomes (one past the highest step any of the event's keys used).
 
 Runs where a run's events are put in order, once per event: the training process's writer thread
-(`tracking.run_journal`), or the caller's thread in sync mode; so both modes give the same steps,
+(`tracking.recorder.batch`), or the caller's thread in sync mode; so both modes give the same steps,
 and the journal holds every step resolved.
 """
 from __future__ import annotations
 
 from typing import Callable
 
-from .events import METRICS, SCALARS
+from ..journal.events import METRICS, SCALARS
 
 try:  # C (tracking/_speedups.c): the common batch (SCALARS events, each with its step) in one call
-    from ._speedups import note_steps
+    from .._speedups import note_steps
 except ImportError:
     def note_steps(events: list, seen: dict, max_seen: int) -> bool:
         return False  # not taken: the loop below goes over the batch

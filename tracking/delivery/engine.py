@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..errors import SinkBusyError
+from ..core.errors import SinkBusyError
 from ..sinks.base import PermanentSinkError, Resume, RunContext, Sink
 from ..journal import JournalReader
 from ..journal.reader import DEFAULT_CHUNK_EVENTS

@@ -30,7 +30,7 @@ __all__ = ["start_process", "command", "reap", "SpawnError"]
 #: the environment variable that carries the parent's sys.path to the bootstrap (removed there)
 PATH_VARIABLE = "BATTERYML_TRACKING_SYS_PATH"
 #: where this package was imported from: what every child imports as `tracking`
-PACKAGE_DIR = str(Path(__file__).resolve().parent)
+PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
 
 # `-c` puts the working directory first on the path (unless -P / PYTHONSAFEPATH): it goes before
 # the first import, and `tracking` is ours before anything can import another.

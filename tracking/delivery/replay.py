@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ReplayError, SinkBusyError
+from ..core.errors import ReplayError, SinkBusyError
 from ..journal import JournalReader
 from ..journal.reader import DEFAULT_CHUNK_EVENTS
-from ..rundir import read_meta, write_meta
+from ..journal.rundir import read_meta, write_meta
 from ..sinks import resolve_sink
 from ..sinks.base import RunContext, Sink
 from .cursors import DeliveryStore, nobody_delivers

@@ -34,8 +34,8 @@ from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import InvalidModelError, InvalidNameError
-from .events import check_text
+from ..core.errors import InvalidModelError, InvalidNameError
+from ..core.names import check_text
 
 __all__ = ["ModelInfo", "check_model", "check_registered_model_name", "save_model_folder", "model_folder_above", "PICKLE", "PT2", "TORCH_SAVE"]
 

@@ -1,11 +1,11 @@
-"""Events: the small immutable values that travel from a log call to the sinks.
+"""Capture: a log call's arguments checked and its values taken as they are now, as one event tuple.
 
-Built on the caller's thread by the functions here (validation and value capture only: no I/O, no
-serialisation, no device synchronisation); prepared on the writer thread (`tracking.run_journal`)
-and read by the delivery agent and sinks. A log call's event comes from `scalar_event` /
-`scalars_event`: the C fast path (`tracking/_speedups.c`) for plain calls (a str key, float values
-or a one-element tensor on the CPU, an int step), and `metric_event` / `metrics_event`, the Python path with every
-check and error, for the rest (and for every call where the C module was not built).
+Runs on the caller's thread, inside every log call (any thread; several at once): validation and
+value capture only, no I/O, no serialisation, no device synchronisation. A log call's event comes
+from `scalar_event` / `scalars_event`: the C fast path (`tracking/_speedups.c`) for plain calls (a
+str key, float values or a one-element tensor on the CPU, an int step), and `metric_event` /
+`metrics_event`, the Python path with every check and error, for the rest (and for every call where
+the C module was not built). The kinds are `tracking.journal.events`'.
 
 On the caller's side an event is a plain tuple whose first item names its kind, its time last.
 Plain tuples cost about half what a NamedTuple costs to build, and building one is most of what a
@@ -26,42 +26,28 @@ first collection, but never one that holds a dict. Events wait up to `batch_inte
 queue, long enough to be moved into the oldest generation, and each full collection then walks the
 user's whole heap: with dicts inside, collections took 0.45 µs a scalar of the training process's
 CPU (`benchmarks/delivery_cpu.py`). The journal keeps SCALARS as they are (the delivery agent builds
-the dicts); METRICS, `(METRICS, values: dict, step, timestamp_s)`, is the form sinks receive, and
-what the writer makes of `METRICS_DEFERRED` (the caller-side form of metrics holding device
-snapshots, rare; `tracking.run_journal` reads them).
-
-Before the journal holds a metric event its step is resolved (never None) and every value is a
-float; a FIGURE event holds its file's path instead of the bytes (a figure logged twice under one
-name gets two files). Sinks receive the layouts typed (`Metrics`, `Params`, ... below):
-NamedTuples, so `event[0]` is still the kind.
+the dicts). `METRICS_DEFERRED` is the caller-side form of metrics holding device snapshots
+(`tracking.recorder.device`, rare): the writer thread reads them (`tracking.recorder.batch`).
 """
 from __future__ import annotations
 
-import math
 import numbers
 import operator
-import os
 import sys
 import time
-from typing import Any, Mapping, NamedTuple, Union
+from typing import Any, Mapping
 
-from .errors import InvalidKeyError, InvalidMetricError, InvalidNameError, InvalidParamError, InvalidStepError
+from ..core.errors import InvalidKeyError, InvalidMetricError, InvalidParamError, InvalidStepError
+from ..core.names import describe as _describe
+from ..core.names import is_text as _is_text
+from ..journal.events import SCALARS
+from .device import DeviceScalar
 
 #: the clock of every event (what the C fast path reads too)
 _time = time.time
 
 __all__ = [
-    "SCALARS",
-    "METRICS",
     "METRICS_DEFERRED",
-    "PARAMS",
-    "TAG",
-    "ARTIFACT",
-    "FIGURE",
-    "EXPERIMENT",
-    "MODEL",
-    "KINDS",
-    "PNG_SIGNATURE",
     "scalar_event",
     "scalars_event",
     "metric_event",
@@ -70,82 +56,16 @@ __all__ = [
     "capture_metrics",
     "check_key",
     "check_step",
-    "check_name",
-    "check_text",
     "MAX_STEP",
-    "MAX_NAME_BYTES",
     "copy_params",
-    "is_finite_all",
-    "Metrics",
-    "Params",
-    "Tag",
-    "Artifact",
-    "Figure",
-    "Experiment",
-    "Model",
-    "SinkEvent",
-    "EVENT_TYPES",
-    "sink_event",
 ]
 
-SCALARS = "scalars"
-METRICS = "metrics"
+#: the caller-side form of metrics that hold device snapshots (never journaled as such)
 METRICS_DEFERRED = "metrics_deferred"
-PARAMS = "params"
-TAG = "tag"
-ARTIFACT = "artifact"
-FIGURE = "figure"
-EXPERIMENT = "experiment"
-MODEL = "model"
-#: the kinds a journal holds
-KINDS = (SCALARS, METRICS, PARAMS, TAG, ARTIFACT, FIGURE, EXPERIMENT, MODEL)
-#: the first 8 bytes of every PNG file: what a FIGURE's image must start with
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
 #: the largest step: a signed 64-bit int, as MLflow's stores and TensorBoard's Event.step hold it
 MAX_STEP = 2**63 - 1
-#: the most UTF-8 bytes of one file or folder name (NAME_MAX on Linux, macOS and Windows file systems)
-MAX_NAME_BYTES = 255
 #: what orjson (so the journal) can hold of an int
 _MIN_INT, _MAX_UINT = -(2**63), 2**64 - 1
-
-
-class DeviceScalar:
-    """A copy of a scalar tensor on an accelerator, read on the writer thread: the caller never
-    waits for the device.
-
-    CUDA: an asynchronous copy into pinned host memory, queued on the tensor's current stream, with
-    an event recorded after it; `read()` waits on that event. Any other device (MPS, XLA, ...): a
-    copy on the device, queued there like any other operation (so a later in-place change to the
-    tensor does not reach it); `read()` takes its value with `.item()`, which waits for the device
-    on the writer thread.
-    """
-
-    __slots__ = ("_copy", "_done")
-
-    def __init__(self, tensor: Any) -> None:
-        if tensor.is_cuda:
-            import torch
-
-            self._copy = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-            self._copy.copy_(tensor.detach(), non_blocking=True)
-            self._done = torch.cuda.Event()
-            self._done.record(torch.cuda.current_stream(tensor.device))
-        else:
-            self._copy = tensor.detach().clone()
-            self._done = None
-
-    def read(self) -> float:
-        if self._done is not None:
-            self._done.synchronize()
-        return float(self._copy.reshape(()).item())
-
-
-def _describe(value: Any) -> str:
-    text = repr(value)
-    if len(text) > 40:
-        text = text[:37] + "..."
-    return f"{type(value).__name__} {text}"
 
 
 def metric_event(key: Any, value: Any, step: Any) -> tuple:
@@ -204,7 +124,7 @@ _KNOWN_KEYS: set[tuple[str, ...]] = set()
 _MAX_KNOWN_KEYS = 4096
 
 try:  # the C fast path (tracking/_speedups.c): the same events for plain calls, None for the rest
-    from ._speedups import configure as _configure_speedups, scalar_event, scalars_event
+    from .._speedups import configure as _configure_speedups, scalar_event, scalars_event
 except ImportError:  # not built (no compiler at install): the Python path takes every call
     scalar_event, scalars_event = metric_event, metrics_event
 else:
@@ -335,22 +255,6 @@ def check_key(key: Any, what: str = "metric") -> str:
     return key
 
 
-def check_text(value: str, what: str, error: type[Exception] = InvalidNameError) -> str:
-    """`value` if it can be written as UTF-8; raises `error` (InvalidNameError) otherwise."""
-    if not value.isascii() and not _is_text(value):
-        raise error(f"{what} must be valid text, got {value!r} (it holds a lone surrogate, which no "
-                    "file or server can store; decode bytes with errors='replace')")
-    return value
-
-
-def _is_text(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def check_step(step: Any) -> int:
     """`step` as an int if it is an integer in 0 .. 2**63-1; raises InvalidStepError otherwise."""
     if isinstance(step, bool):
@@ -367,38 +271,6 @@ def check_step(step: Any) -> int:
         raise InvalidStepError(f"step must be at most 2**63-1 (a signed 64-bit int, as MLflow and "
                                f"TensorBoard store it), got {value}")
     return value
-
-
-def check_name(name: Any, what: str, allow_subdirs: bool = True, reserve_bytes: int = 0) -> str:
-    """`name` if it can name a file or folder inside its parent; raises InvalidNameError otherwise.
-
-    Refuses what could escape the parent (absolute paths, `..` parts, NUL), what is not text, and
-    parts longer than a file system holds (`MAX_NAME_BYTES` of UTF-8, less `reserve_bytes` for a
-    suffix the caller adds). `/` (sub-folders) is allowed for artifact names, not for run names
-    (`allow_subdirs=False`).
-    """
-    if not isinstance(name, str) or not name:
-        raise InvalidNameError(f"{what} must be a non-empty str, got {_describe(name)}")
-    if "\x00" in name:
-        raise InvalidNameError(f"{what} must not contain NUL, got {name!r}")
-    check_text(name, what)
-    if os.path.isabs(name) or name.startswith(("/", "\\")):
-        raise InvalidNameError(f"{what} must be a relative name, got absolute path {name!r}")
-    if not allow_subdirs and ("/" in name or "\\" in name):
-        raise InvalidNameError(f"{what} must not contain path separators, got {name!r}")
-    parts = name.replace("\\", "/").split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        raise InvalidNameError(
-            f"{what} must not contain '..', '.' or empty path parts, got {name!r}"
-        )
-    limit = MAX_NAME_BYTES - reserve_bytes
-    longest = max(parts, key=lambda part: len(part.encode()))
-    if len(longest.encode()) > limit:
-        raise InvalidNameError(
-            f"{what} {name[:40]!r}... is too long for a file name: a part of it takes "
-            f"{len(longest.encode())} bytes, at most {limit} fit here"
-        )
-    return name
 
 
 def copy_params(params: Any, what: str = "params") -> dict[str, Any]:
@@ -437,95 +309,3 @@ def _copy_key(key: Any, where: str) -> str:
     if not text.isascii() and not _is_text(text):
         raise InvalidParamError(f"{where}: the key {text!r} is not valid text (a lone surrogate)")
     return text
-
-
-class Metrics(NamedTuple):
-    """Metric values at one step, as sinks receive them: the step resolved, every value a float."""
-
-    kind: str  #: METRICS
-    values: dict[str, float]
-    step: int
-    timestamp: float
-
-
-class Params(NamedTuple):
-    """Hyperparameters from `log_params` (a structural copy; nested dicts and lists kept)."""
-
-    kind: str  #: PARAMS
-    params: dict[str, Any]
-    timestamp: float
-
-
-class Tag(NamedTuple):
-    """A tag from `set_tag`, its value as text."""
-
-    kind: str  #: TAG
-    key: str
-    value: str
-    timestamp: float
-
-
-class Artifact(NamedTuple):
-    """A file snapshot from `log_artifact`: `path` is inside the run directory and never changes."""
-
-    kind: str  #: ARTIFACT
-    name: str
-    path: str
-    timestamp: float
-
-
-class Figure(NamedTuple):
-    """A PNG from `log_figure`: `path` is inside the run's `figures/` and never changes."""
-
-    kind: str  #: FIGURE
-    name: str
-    path: str
-    timestamp: float
-
-
-class Experiment(NamedTuple):
-    """An experiment to create (`create_experiment` during a run); MLflow maps it."""
-
-    kind: str  #: EXPERIMENT
-    name: str
-    timestamp: float
-
-
-class Model(NamedTuple):
-    """A model from `log_model`, saved when it was logged: `path` is its folder inside the run's
-    `artifacts/` (an MLflow Model where mlflow is installed; `tracking.models`), never changed."""
-
-    kind: str  #: MODEL
-    artifact_path: str
-    path: str
-    registered_model_name: str | None
-    timestamp: float
-
-
-#: what a sink's `write` receives: one of these (tuples, so `event[0]` is the kind, as before).
-#: A sink ignores the kinds it has no use for; later versions may add kinds.
-SinkEvent = Union[Metrics, Params, Tag, Artifact, Figure, Experiment, Model]
-EVENT_TYPES: dict[str, type] = {
-    METRICS: Metrics, PARAMS: Params, TAG: Tag, ARTIFACT: Artifact, FIGURE: Figure, EXPERIMENT: Experiment,
-    MODEL: Model,
-}
-_new = tuple.__new__
-
-
-def sink_event(event: tuple) -> SinkEvent:
-    """The typed form of a prepared event (sync mode; the journal reader builds its own)."""
-    if event[0] is SCALARS:
-        _, keys, values, step, ts = event
-        return _new(Metrics, (METRICS, dict(zip(keys, values)), step, ts))
-    return _new(EVENT_TYPES[event[0]], event)
-
-
-def is_finite_all(values: dict[str, float] | tuple[float, ...]) -> bool:
-    """True if every value (of a dict, or a tuple) is finite (a fast sum first: the common case)."""
-    numbers = values.values() if type(values) is dict else values
-    try:
-        if math.isfinite(sum(numbers)):
-            return True
-    except TypeError:
-        return False
-    return all(math.isfinite(v) for v in numbers)
