@@ -6,6 +6,9 @@ checks and refuses), and the writer thread's `note_steps` (`tracking.recorder.st
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -17,6 +20,7 @@ torch = pytest.importorskip("torch")  # the values a training loop logs; the min
 from tracking.recorder import capture as events  # noqa: E402
 from tracking.recorder.capture import MAX_STEP, metric_event, metrics_event
 from tracking.journal.events import SCALARS  # noqa: E402
+from tracking.core.speedups import PURE_PYTHON_VARIABLE  # noqa: E402
 
 try:
     from tracking import _speedups
@@ -28,15 +32,31 @@ except ImportError:  # not built: test_the_c_fast_path_is_built_and_used fails a
 def capture():
     if _speedups is None:
         pytest.skip("tracking/_speedups.c was not built")
+    if events.scalar_event is metric_event:  # the pure path was asked for: the C module is compared alone
+        _speedups.configure(SCALARS, events._KNOWN_KEYS)
     return _speedups
 
 
-def test_the_c_fast_path_is_built_and_used():
+def test_the_c_fast_path_is_built_and_used_unless_the_pure_path_is_asked_for():
     # setup.py builds it as optional: an install without a compiler goes on, on the Python path.
     # Here (and in CI) it must have been built, or every test below would be skipped and every
-    # benchmark would quietly measure the Python path.
+    # benchmark would quietly measure the Python path. CI's second run asks for the pure path.
     assert _speedups is not None, "tracking/_speedups.c did not compile: reinstall (pip install -e .) and read why"
-    assert events.scalar_event is _speedups.scalar_event and events.scalars_event is _speedups.scalars_event
+    if os.environ.get(PURE_PYTHON_VARIABLE, "") not in ("", "0"):
+        assert events.scalar_event is metric_event and events.scalars_event is metrics_event
+    else:
+        assert events.scalar_event is _speedups.scalar_event and events.scalars_event is _speedups.scalars_event
+
+
+@pytest.mark.parametrize("value, c_path", [("1", False), ("0", True), ("", True)])
+def test_the_pure_path_is_taken_in_a_process_whose_environment_asks_for_it(value, c_path):
+    probe = ("from tracking.recorder import capture, steps; from tracking.journal import writer; "
+             "print(capture.scalar_event is not capture.metric_event, "
+             "steps.note_steps.__module__ != steps.__name__, writer.all_finite.__module__ != writer.__name__)")
+    done = subprocess.run([sys.executable, "-c", probe], env={**os.environ, PURE_PYTHON_VARIABLE: value},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(c_path)] * 3
 
 
 def _same_event(fast: tuple, slow: tuple, before: float, after: float) -> None:

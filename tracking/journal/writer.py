@@ -19,12 +19,13 @@ from typing import Any, Sequence
 
 import orjson
 
+from ..core.speedups import speedups
 from .events import ARTIFACT, FIGURE, METRICS, MODEL, SCALARS, is_finite_all
 from .rundir import JOURNAL_FILE, json_default
 
-try:  # C (tracking/_speedups.c): whether a batch of metrics holds no NaN or inf, without a search
-    from .._speedups import all_finite
-except ImportError:
+if speedups is not None:  # C: whether a batch of metrics holds no NaN or inf, without a search
+    all_finite = speedups.all_finite
+else:
     def all_finite(events: Any) -> bool:
         return False  # don't know: search the line
 

@@ -40,6 +40,7 @@ from typing import Any, Mapping
 from ..core.errors import InvalidKeyError, InvalidMetricError, InvalidParamError, InvalidStepError
 from ..core.names import describe as _describe
 from ..core.names import is_text as _is_text
+from ..core.speedups import speedups
 from ..journal.events import SCALARS
 from .device import DeviceScalar
 
@@ -123,12 +124,11 @@ _ONLY_FLOAT = frozenset({float})
 _KNOWN_KEYS: set[tuple[str, ...]] = set()
 _MAX_KNOWN_KEYS = 4096
 
-try:  # the C fast path (tracking/_speedups.c): the same events for plain calls, None for the rest
-    from .._speedups import configure as _configure_speedups, scalar_event, scalars_event
-except ImportError:  # not built (no compiler at install): the Python path takes every call
+if speedups is not None:  # the C fast path: the same events for plain calls, None for the rest
+    scalar_event, scalars_event = speedups.scalar_event, speedups.scalars_event
+    speedups.configure(SCALARS, _KNOWN_KEYS)
+else:  # not built, or the pure path asked for (tracking.core.speedups): Python takes every call
     scalar_event, scalars_event = metric_event, metrics_event
-else:
-    _configure_speedups(SCALARS, _KNOWN_KEYS)
 
 
 def _plain_key(key: Any) -> bool:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..core.speedups import speedups
 from ..journal.events import METRICS, SCALARS
 
-try:  # C (tracking/_speedups.c): the common batch (SCALARS events, each with its step) in one call
-    from .._speedups import note_steps
-except ImportError:
+if speedups is not None:  # C: the common batch (SCALARS events, each with its step) in one call
+    note_steps = speedups.note_steps
+else:
     def note_steps(events: list, seen: dict, max_seen: int) -> bool:
         return False  # not taken: the loop below goes over the batch
 
